@@ -1,0 +1,30 @@
+"""emmax: multilingual sentence embeddings and bitext mining with EMMA-X.
+
+The public API is re-exported lazily so that ``import emmax_cli`` (and ``emmax --help``) stays
+fast; torch, transformers and faiss load on first use."""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "Encoder": "emmax_cli.models.encoder",
+    "embed_file": "emmax_cli.embed",
+    "build_index": "emmax_cli.index",
+    "add_to_index": "emmax_cli.index",
+    "load_index": "emmax_cli.index",
+    "mine": "emmax_cli.mine",
+    "MinedPairs": "emmax_cli.mine",
+    "mine_files": "emmax_cli.mining",
+    "calibrate": "emmax_cli.mining",
+    "EmmaxError": "emmax_cli.errors",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'emmax_cli' has no attribute {name!r}")

@@ -1,0 +1,1 @@
+"""Input and output: text streams, Parquet embeddings, atomic files, tables."""

