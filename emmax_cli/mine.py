@@ -491,9 +491,14 @@ def dedup_embeddings(
 def threshold_counts(
     scores: np.ndarray, thresholds: Sequence[float] = (1.02, 1.04, 1.06, 1.08)
 ) -> dict[float, int]:
-    """Number of pairs with ``score >= t`` for each threshold (stopes' summary)."""
-    s = np.sort(np.asarray(scores, np.float64))
-    left = np.searchsorted(s, np.asarray(thresholds, np.float64), side="left")
+    """Number of pairs with ``score >= t`` for each threshold (stopes' summary).
+
+    Compared in the scores' precision, like the threshold in :func:`mine`: a float32 score
+    of 1.06 counts at threshold 1.06."""
+    s = np.sort(np.asarray(scores))
+    if not np.issubdtype(s.dtype, np.floating):
+        s = s.astype(np.float64)
+    left = np.searchsorted(s, np.asarray(thresholds, s.dtype), side="left")
     return {float(t): int(len(s) - i) for t, i in zip(thresholds, left)}
 
 
