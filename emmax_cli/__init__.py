@@ -14,8 +14,8 @@ _EXPORTS = {
     "load_index": "emmax_cli.index",
     "mine": "emmax_cli.mine",
     "MinedPairs": "emmax_cli.mine",
-    "mine_files": "emmax_cli.mining",
-    "calibrate": "emmax_cli.mining",
+    "mine_files": "emmax_cli.bitext",
+    "calibrate": "emmax_cli.bitext",
     "EmmaxError": "emmax_cli.errors",
 }
 
@@ -26,5 +26,9 @@ def __getattr__(name: str):
     if name in _EXPORTS:
         import importlib
 
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        # importing emmax_cli.mine binds the *module* to the package attribute `mine`;
+        # the public name must be the function, so bind it after the import
+        globals()[name] = value
+        return value
     raise AttributeError(f"module 'emmax_cli' has no attribute {name!r}")

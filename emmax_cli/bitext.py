@@ -231,7 +231,12 @@ def calibrate(pair_files: list[str | os.PathLike], model: str | None = None, dev
 
 def save_threshold(model_dir: str | os.PathLike, cal: Calibration) -> Path:
     """Store a calibrated threshold in an emmax model directory's ``emmax.json``."""
+    from .models.loading import cache_dir
+
     root = Path(model_dir)
+    if root.parent == cache_dir() / "models":
+        raise InputError("the built-in model's threshold is part of the release",
+                         hint="pass --threshold to `emmax mine`, or calibrate a copied model directory")
     if not (root / "emmax.json").exists():
         raise InputError(f"{root}: not an emmax model directory (no emmax.json)",
                          hint="calibration is stored in emmax model directories only")

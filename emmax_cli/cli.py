@@ -205,8 +205,9 @@ def index(ctx, embeddings, output, factory, add, train_sample, nprobe, device, s
                                       "directions agree; fwd/bwd: one direction; union: both, not 1-to-1 (stopes).")
 @click.option("--threshold", type=float, default=None,
               help="Keep pairs scoring at least this. Default: the model's calibrated threshold, from its "
-                   "emmax.json (set by `emmax calibrate`; the built-in base model's 1.01 was chosen on "
-                   "held-out train pairs, see models/README.md). Thresholds depend on the encoder and on k.")
+                   "emmax.json, set by `emmax calibrate` on labelled train pairs (built-in base model: 0.9969, "
+                   "see models/README.md). Thresholds depend on the encoder, on k and on how much of the "
+                   "input is parallel.")
 @click.option("--no-threshold", is_flag=True, help="Keep every mined pair.")
 @click.option("--top", type=click.IntRange(1), default=None, help="Keep only the N best pairs.")
 @click.option("--no-unify", is_flag=True, help="Do not unify exact duplicate sentences before kNN.")
@@ -525,3 +526,71 @@ def eval_geometry_cmd(ctx, data_dir, langs, n, seed, as_json, plot, model, devic
     ]
     _print_table(f"Geometry, {enc.config.name}, {len(res.langs)} languages x {res.n} sentences",
                  ["property", "metric", "value", "better"], rows, note="definitions: docs/eval.md", left=2)
+
+
+# ---- rank (issue 3) ----
+@cli.command("rank")
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(allow_dash=True, dir_okay=False))
+@click.option("-m", "--model", default=None, help=MODEL_HELP + ". It needs a GMM head (gmm_head.safetensors).")
+@click.option("--format", "fmt", type=click.Choice(["tsv", "jsonl", "parquet"]), default="tsv",
+              show_default=True, help="tsv: rank<TAB>p0..p{N-1}<TAB>cosine; jsonl: {rank, probs, cosine}; "
+                                      "parquet: id, rank, probs, cosine (needs -o).")
+@click.option("--header", is_flag=True, help="Start TSV output with a header line.")
+@click.option("-o", "--output", type=click.Path(allow_dash=True, dir_okay=False), default=None,
+              help="Output file, written atomically (default: stdout for tsv and jsonl).")
+@click.option("--device", type=DEVICE_CHOICES, default="auto", show_default=True)
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto",
+              show_default=True, help="Encoder compute precision (the GMM always runs in fp32).")
+@click.option("--batch-tokens", type=click.IntRange(16), default=8192, show_default=True,
+              help="Padded tokens per encoder batch; activation memory grows linearly with it.")
+@click.option("--chunk-lines", type=click.IntRange(1), default=16384, show_default=True,
+              help="Pairs read, embedded and written at a time; bounds memory.")
+@click.option("-f", "--force", is_flag=True, help="Replace an existing output file.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.pass_context
+def rank_cmd(ctx, inputs, model, fmt, header, output, device, precision, batch_tokens, chunk_lines,
+             force, quiet):
+    """Semantic rank of sentence pairs: 0 (unrelated) ... N-1 (translation), with the GMM head.
+
+    \b
+    emmax rank A.txt B.txt          line i of A paired with line i of B
+    emmax rank PAIRS.tsv            one `src<TAB>tgt` pair per line
+
+    One output row per pair, in input order: the rank (argmax), the probability of every
+    rank (both orders of the pair averaged) and the cosine of the two embeddings."""
+    import sys
+
+    from .console import progress_bar
+    from .io.atomic import atomic_output, check_output
+    from .io.text import count_lines
+    from .rank import RankParquetWriter, load_ranker, rank_pairs, read_pair_chunks, write_text
+
+    if len(inputs) > 2:
+        raise click.UsageError("pass two line-aligned files A B, or one PAIRS.tsv")
+    if fmt == "parquet" and output in (None, "-"):
+        raise click.UsageError("--format parquet needs -o OUTPUT.parquet")
+    if header and fmt != "tsv":
+        raise click.UsageError("--header applies to --format tsv only")
+    to_file = output not in (None, "-")
+    if to_file:
+        check_output(output, force=force)
+    chunks = read_pair_chunks(inputs[0], inputs[1] if len(inputs) == 2 else None, chunk_lines=chunk_lines)
+    enc, head = load_ranker(model, device=device, precision=precision)
+    total = count_lines(inputs[0])
+    with progress_bar("rank", total=total, unit="pair", enabled=not quiet_of(ctx, quiet)) as adv:
+        results = rank_pairs(enc, head, chunks, batch_tokens=batch_tokens, progress=adv)
+        n_head = head.num_ranks if header else None
+        if fmt == "parquet":
+            meta = {"model": enc.config.name, "model_checksum": enc.config.checksum,
+                    "rank_names": head.rank_names}
+            with atomic_output(output) as tmp, RankParquetWriter(tmp, head.num_ranks, meta) as w:
+                n = 0
+                for chunk in results:
+                    w.write(chunk)
+                    n += len(chunk)
+        elif to_file:
+            with atomic_output(output) as tmp, open(tmp, "w", encoding="utf-8") as f:
+                n = write_text(results, f, fmt, header_ranks=n_head)
+        else:
+            n = write_text(results, sys.stdout, fmt, header_ranks=n_head)
+    log.info("ranked %d pairs with %s (%d ranks)", n, enc.config.name, head.num_ranks)

@@ -58,6 +58,7 @@ def embed_file(
     dtype: str = "float32",
     chunk_lines: int = DEFAULT_CHUNK_LINES,
     batch_tokens: int = DEFAULT_BATCH_TOKENS,
+    batch_size: int | None = None,
     on_bad_line: str = "error",
     encoding: str = "utf-8",
     resume: bool = False,
@@ -84,7 +85,7 @@ def embed_file(
         if chunk_no < done:
             progress(len(ids))  # finished in the interrupted run
         else:
-            emb = encoder.encode(texts, batch_tokens=batch_tokens, progress=progress)
+            emb = encoder.encode(texts, batch_tokens=batch_tokens, batch_size=batch_size, progress=progress)
             with atomic_output(piece) as tmp, EmbeddingWriter(
                 tmp, encoder.dim, meta=meta, dtype=dtype, with_text=with_text, lang=lang
             ) as w:

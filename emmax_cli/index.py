@@ -91,8 +91,9 @@ def faiss_gpu_device(device: str) -> int | None:
         if not num.isdigit():
             raise EmmaxError(f"unknown device {device!r}", hint="use auto, cpu, cuda or cuda:N")
         if not n_gpus:
-            raise EmmaxError(f"device {device!r}: this faiss build has no GPU support",
-                             hint="install faiss-gpu (pip install 'emmax[gpu]') or use --device cpu")
+            raise EmmaxError(
+                f"device {device!r}: this faiss build has no GPU support",
+                hint="install faiss-gpu (pip install 'emmax[gpu]') or use --device cpu")
         if int(num) >= n_gpus:
             raise EmmaxError(f"device {device!r}: faiss sees only {n_gpus} GPU(s)")
         return int(num)
@@ -132,24 +133,37 @@ def sidecar_paths(path: str | os.PathLike) -> tuple[Path, Path]:
     return p.with_name(p.name + ".json"), p.with_name(p.name + ".ids.npy")
 
 
-def _scan_sources(
-    sources: Sequence[str | os.PathLike], expect: tuple[int, Any, str] | None = None
-) -> list[EmbeddingFile]:
-    """Open every source and check that dims and model ids agree (before any heavy work).
+_MODEL_KEYS = ("model_checksum", "model_id", "model")  # most to least specific
 
-    ``expect`` is ``(dim, model_id, description)`` of an existing index; by default the
-    first file is the reference."""
+
+def _model_key(meta: dict[str, Any]) -> tuple[str, Any]:
+    """``(key, value)`` identifying the embedding model: checksum, else id, else name."""
+    for key in _MODEL_KEYS:
+        if meta.get(key) is not None:
+            return key, meta[key]
+    return "model", None
+
+
+def _scan_sources(
+    sources: Sequence[str | os.PathLike], expect: tuple[int, dict[str, Any], str] | None = None
+) -> list[EmbeddingFile]:
+    """Open every source and check that dims and models agree (before any heavy work).
+
+    ``expect`` is ``(dim, model metadata, description)`` of an existing index; by default
+    the first file is the reference."""
     if not sources:
         raise InputError("no embedding files given", hint="pass one or more .parquet files")
     files = [open_embeddings(s) for s in sources]
-    dim, model, ref = expect or (files[0].dim, files[0].meta.get("model_id"), str(files[0].path))
+    dim, model_meta, ref = expect or (files[0].dim, files[0].meta, str(files[0].path))
+    key, model = _model_key(model_meta)
     for f in files:
         if f.dim != dim:
             raise InputError(f"{f.path}: embeddings have dimension {f.dim}, but {ref} has {dim}",
                              hint="index embeddings of one model only")
-        if f.meta.get("model_id") != model:
-            raise InputError(f"{f.path}: embeddings come from model {f.meta.get('model_id')!r}, "
-                             f"but {ref} from {model!r}", hint="index embeddings of one model only")
+        if f.meta.get(key) != model:
+            raise InputError(f"{f.path}: embeddings come from another model ({key} "
+                             f"{f.meta.get(key)!r}, but {ref} has {model!r})",
+                             hint="index embeddings of one model only")
     return files
 
 
@@ -286,7 +300,8 @@ def build_index(
     """Build a FAISS inner-product index over embedding Parquet files.
 
     Args:
-        sources: embedding Parquet files (same dim and model id), added in this order.
+        sources: embedding Parquet files (same dim and model: checksum, else id, else
+            name from their metadata), added in this order.
         out_path: index file to write (``X.faiss``; sidecars next to it).
         factory: FAISS factory string, or ``auto`` (:func:`choose_factory`).
         train_sample: rows to train on for IVF/PQ types (memory: rows * dim * 4 bytes);
@@ -364,8 +379,8 @@ def add_to_index(
     if meta.get("metric") != "inner_product":
         raise IndexError_(f"{loaded.path}: index metric is {meta.get('metric')!r}, "
                           "expected 'inner_product'", hint=REBUILD_HINT)
-    model = meta.get("model", {}).get("model_id")
-    files = _scan_sources(sources, expect=(loaded.dim, model, f"the index {loaded.path}"))
+    files = _scan_sources(sources, expect=(loaded.dim, meta.get("model", {}),
+                                           f"the index {loaded.path}"))
     known = {s["path"] for s in meta["sources"]}
     for f in files:
         if str(f.path.resolve()) in known:

@@ -37,9 +37,10 @@ RETRIEVALS = {
 }
 
 #: Rows per query block and per database block in :func:`knn`. Memory per query block is
-#: ``block_size * k * 12`` bytes of results plus faiss' fixed 4096x1024 float32 tile (16 MiB);
-#: a database block is copied only when it is not already C-contiguous float32 (or to a GPU:
-#: ``block_size * dim * 4`` bytes, 192 MiB at dim 384).
+#: ``block_size * k * 12`` bytes of results plus faiss' fixed 4096x1024 float32 tile (16 MiB).
+#: Blocks are sliced from the inputs (memory-mapped arrays are read block by block) and
+#: copied, ``block_size * dim * 4`` bytes (192 MiB at dim 384), only when they are not
+#: C-contiguous float32 (e.g. float16 embeddings) or go to a GPU.
 DEFAULT_BLOCK_SIZE = 131_072
 
 
@@ -49,18 +50,24 @@ def _choice(what: str, value: str, choices: Sequence[str]) -> str:
     return value
 
 
-def _as_f32(x: Any, name: str) -> np.ndarray:
-    x = np.ascontiguousarray(x, dtype=np.float32)
+def _as_2d(x: Any, name: str) -> np.ndarray:
+    """The array as is (float16 or memory-mapped stays so; blocks are converted later)."""
+    x = x if isinstance(x, np.ndarray) else np.asarray(x, dtype=np.float32)
     if x.ndim != 2:
         raise InputError(f"{name} must be a 2-D array (n, dim), got shape {x.shape}")
     return x
+
+
+def _block(x: np.ndarray, start: int, size: int) -> np.ndarray:
+    """Rows [start, start + size) as C-contiguous float32 (a view when already so)."""
+    return np.ascontiguousarray(x[start : start + size], dtype=np.float32)
 
 
 def _check_unit_norm(x: np.ndarray, name: str) -> None:
     """Cheap check on up to 1000 evenly spaced rows: margins assume cosine = inner product."""
     if len(x) == 0:
         return
-    norms = np.linalg.norm(x[:: max(1, len(x) // 1000)], axis=1)
+    norms = np.linalg.norm(x[:: max(1, len(x) // 1000)][:1000].astype(np.float32), axis=1)
     bad = np.abs(norms - 1) > 1e-2  # fp16 round trips stay well inside this
     if bad.any():
         raise InputError(
@@ -90,10 +97,10 @@ def knn(
     (faiss ``ResultHeap``, as LASER's ``knnGPU`` does with a sort), so results are exact.
 
     Args:
-        queries: (nq, dim) float32, L2-normalised.
-        database: (nb, dim) float32, L2-normalised; or a loaded faiss index (or an object
-            with an ``.index`` attribute holding one, such as :class:`~emmax_cli.index.
-            LoadedIndex`), searched directly (approximate for IVF/PQ indexes).
+        queries: (nq, dim) float32 (or float16), L2-normalised.
+        database: (nb, dim) float32 (or float16), L2-normalised; or a loaded faiss index,
+            or an object holding one in ``.index`` (:class:`emmax_cli.index.LoadedIndex`),
+            searched directly (approximate for IVF/PQ indexes).
         k: neighbours per query; clipped to the database size.
         block_size: rows per query block and per database block (see ``DEFAULT_BLOCK_SIZE``).
         progress: called with the number of queries done after each query block.
@@ -106,13 +113,13 @@ def knn(
     """
     import faiss
 
-    xq = _as_f32(queries, "queries")
+    xq = _as_2d(queries, "queries")
     if block_size < 1:
         raise InputError(f"block size must be positive, got {block_size}")
     index = getattr(database, "index", database)
     if _is_index(index):
         return _search_index(index, xq, k, block_size, progress, nprobe)
-    xb = _as_f32(database, "database")
+    xb = _as_2d(database, "database")
     if xq.shape[1] != xb.shape[1]:
         raise InputError(f"queries have dimension {xq.shape[1]}, database has {xb.shape[1]}",
                          hint="embed both sides with the same model")
@@ -124,14 +131,15 @@ def knn(
     search = _flat_search_fn(device)
     sims = np.empty((len(xq), k), np.float32)
     idx = np.empty((len(xq), k), np.int64)
+    one_block = _block(xb, 0, len(xb)) if len(xb) <= block_size else None
     for q0 in range(0, len(xq), block_size):
-        q = xq[q0 : q0 + block_size]
-        if len(xb) <= block_size:
-            D, I = search(q, xb, k)
+        q = _block(xq, q0, block_size)
+        if one_block is not None:
+            D, I = search(q, one_block, k)
         else:
             heap = faiss.ResultHeap(len(q), k, keep_max=True)
             for b0 in range(0, len(xb), block_size):
-                b = xb[b0 : b0 + block_size]
+                b = _block(xb, b0, block_size)
                 D, I = search(q, b, min(k, len(b)))
                 heap.add_result(D, I + b0)
             heap.finalize()
@@ -175,7 +183,7 @@ def _search_index(index: Any, xq: np.ndarray, k: int, block_size: int,
     sims = np.empty((len(xq), k), np.float32)
     idx = np.empty((len(xq), k), np.int64)
     for q0 in range(0, len(xq), block_size):
-        q = xq[q0 : q0 + block_size]
+        q = _block(xq, q0, block_size)
         sims[q0 : q0 + len(q)], idx[q0 : q0 + len(q)] = index.search(q, k)
         if progress is not None:
             progress(len(q))
@@ -261,8 +269,9 @@ def mine(
     margin (docs/mining.md §1). Use :func:`dedup_embeddings` first and map the rows back.
 
     Args:
-        src_emb: (n_src, dim) float32, L2-normalised source embeddings.
-        tgt_emb: (n_tgt, dim) float32, L2-normalised target embeddings.
+        src_emb: (n_src, dim) float32 (or float16), L2-normalised source embeddings;
+            a memory-mapped array is read block by block.
+        tgt_emb: (n_tgt, dim) likewise, target embeddings.
         k: neighbourhood size of the margin (LASER and BUCC: 4).
         margin: ``ratio`` (default), ``distance`` or ``absolute``.
         retrieval: ``max`` (LASER default, greedy 1:1), ``intersect``, ``fwd``/``forward``,
@@ -289,7 +298,7 @@ def mine(
         raise InputError(f"k must be at least 1, got {k}")
     if top is not None and top < 0:
         raise InputError(f"top must be non-negative, got {top}")
-    x, y = _as_f32(src_emb, "source"), _as_f32(tgt_emb, "target")
+    x, y = _as_2d(src_emb, "source"), _as_2d(tgt_emb, "target")
     if x.shape[1] != y.shape[1]:
         raise InputError(f"source embeddings have dimension {x.shape[1]}, target {y.shape[1]}",
                          hint="embed both sides with the same model")
@@ -305,8 +314,11 @@ def mine(
     opts = dict(block_size=block_size, progress=progress, nprobe=nprobe, device=device)
     x2y = knn(x, y if tgt_index is None else tgt_index, k, **opts) if need_fwd else None
     y2x = knn(y, x if src_index is None else src_index, k, **opts) if need_bwd else None
-    return mine_from_neighbours(x2y, y2x, margin=margin, retrieval=retrieval,
-                                threshold=threshold, top=top, n_src=len(x), n_tgt=len(y))
+    pairs = mine_from_neighbours(x2y, y2x, margin=margin, retrieval=retrieval,
+                                 threshold=threshold, top=top, n_src=len(x), n_tgt=len(y))
+    log.debug("mined %d pairs from %d x %d sentences (k=%d, %s margin, %s retrieval)",
+              len(pairs), len(x), len(y), k, margin, mode)
+    return pairs
 
 
 def mine_from_neighbours(
@@ -327,7 +339,7 @@ def mine_from_neighbours(
         y2x: ``(sims, idx)`` (n_tgt, k) k-NN of the targets among the sources. Either may
             be None only when the margin is ``absolute`` and the mode does not need it.
         margin, retrieval, threshold, top: as in :func:`mine`.
-        n_src, n_tgt: side sizes, when a direction is omitted.
+        n_src, n_tgt: side sizes (default: the lengths of the k-NN lists).
     """
     _choice("margin", margin, MARGINS)
     mode = RETRIEVALS[_choice("retrieval mode", retrieval, tuple(RETRIEVALS))]
@@ -335,8 +347,11 @@ def mine_from_neighbours(
     need_bwd = mode != "fwd" or margin != "absolute"
     if (need_fwd and x2y is None) or (need_bwd and y2x is None):
         raise InputError(f"margin {margin!r} with retrieval {retrieval!r} needs both k-NN lists")
-    n_src = len(x2y[0]) if x2y is not None else int(n_src)
-    n_tgt = len(y2x[0]) if y2x is not None else int(n_tgt)
+    # side sizes: from the lists, else given, else inferred from the neighbour rows
+    if n_src is None:
+        n_src = len(x2y[0]) if x2y is not None else int(y2x[1].max()) + 1
+    if n_tgt is None:
+        n_tgt = len(y2x[0]) if y2x is not None else int(x2y[1].max()) + 1
     x2y_mean = neighbour_mean(*x2y) if x2y is not None else None
     y2x_mean = neighbour_mean(*y2x) if y2x is not None else None
 
@@ -383,8 +398,9 @@ def mine_from_neighbours(
 
 
 def _first_occurrence(keys: np.ndarray) -> np.ndarray:
-    """(m,) bool: True where ``keys[i]`` does not occur in ``keys[:i]``. O(m) time and space
-    (plus a table of size max(keys) + 1 when keys are small, a sort otherwise)."""
+    """(m,) bool: True where ``keys[i]`` does not occur in ``keys[:i]``.
+
+    O(m) with a lookup table when the keys are small (< 4m), else a sort, O(m log m)."""
     m = len(keys)
     if m == 0:
         return np.zeros(0, bool)

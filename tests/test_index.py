@@ -19,10 +19,11 @@ from emmax_cli.io.parquet import EmbeddingWriter
 from emmax_cli.mine import knn
 
 
-def write_shard(path, emb, ids=None, model="x", chunk=1000):
+def write_shard(path, emb, ids=None, model="x", chunk=1000, meta=None):
     """An embedding Parquet file written in chunks (row groups), as `emmax embed` does."""
     ids = np.arange(len(emb)) if ids is None else ids
-    w = EmbeddingWriter(path, emb.shape[1], meta={"model_id": model}, with_text=False)
+    meta = {"model_id": model} if meta is None else meta
+    w = EmbeddingWriter(path, emb.shape[1], meta=meta, with_text=False)
     for s in range(0, len(emb), chunk):
         w.write(ids[s : s + chunk], emb[s : s + chunk])
     w.close()
@@ -125,13 +126,25 @@ def test_dim_and_model_mismatch(tmp_path, vectors):
     with pytest.raises(InputError, match=r"b\.parquet: embeddings have dimension 16, but .*"
                                          r"a\.parquet has 32"):
         build_index([a, b], out)
-    with pytest.raises(InputError, match=r"c\.parquet: .*model 'other'"):
+    with pytest.raises(InputError, match=r"c\.parquet: .*another model \(model_id 'other', "
+                                         r"but .*a\.parquet has 'x'\)"):
         build_index([a, c], out)
+    # `emmax embed` metadata: the checksum decides, whatever the name
+    d = write_shard(tmp_path / "d.parquet", vectors[:50],
+                    meta={"model": "tiny", "model_checksum": "abc"})
+    e = write_shard(tmp_path / "e.parquet", vectors[:50],
+                    meta={"model": "tiny", "model_checksum": "def"})
+    with pytest.raises(InputError, match="model_checksum 'def'"):
+        build_index([d, e], out)
+    meta = build_index([d, d], tmp_path / "d.faiss")
+    assert meta["model"] == {"model": "tiny", "model_checksum": "abc"}
+    with pytest.raises(InputError, match="model_checksum 'def', but the index"):
+        add_to_index(tmp_path / "d.faiss", [e])
     assert not out.exists()
     build_index([a], out)
     with pytest.raises(InputError, match="dimension 16, but the index"):
         add_to_index(out, [b])
-    with pytest.raises(InputError, match="model 'other'"):
+    with pytest.raises(InputError, match="another model"):
         add_to_index(out, [c])
     assert load_index(out).ntotal == 100  # unchanged
 
@@ -186,3 +199,17 @@ def test_missing_or_inconsistent_sidecars(tmp_path, vectors):
     meta_path.unlink()
     with pytest.raises(IndexError_, match=r"x\.faiss\.json is missing.*rebuild"):
         load_index(out)
+
+
+def test_device_mapping_without_gpu_faiss():
+    from emmax_cli.errors import EmmaxError
+    from emmax_cli.index import faiss_gpu_device
+
+    if hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus():
+        pytest.skip("faiss sees a GPU")
+    assert faiss_gpu_device("cpu") is None and faiss_gpu_device("auto") is None
+    with pytest.raises(EmmaxError, match="no GPU support") as e:
+        faiss_gpu_device("cuda:0")
+    assert "--device cpu" in e.value.hint
+    with pytest.raises(EmmaxError, match="unknown device 'tpu'"):
+        faiss_gpu_device("tpu")

@@ -416,3 +416,13 @@ def test_threshold_counts_agree_with_mine_threshold(random_pair):
     counts = threshold_counts(p.score, (1.0, 1.04, 1.06))
     for t, n in counts.items():
         assert len(mine(x, y, threshold=t)) == n > 0
+
+
+def test_knn_converts_float16_block_by_block():
+    x, y = clustered(300, 16, seed=7)
+    x16, y16 = x.astype(np.float16), y.astype(np.float16)
+    sims, idx = knn(x16, y16, 4, block_size=128)
+    sims32, idx32 = knn(x16.astype(np.float32), y16.astype(np.float32), 4)
+    np.testing.assert_array_equal(idx, idx32)
+    np.testing.assert_allclose(sims, sims32, atol=1e-6)
+    assert len(mine(x16, y16)) > 0  # fp16 norms pass the normalisation check

@@ -276,8 +276,8 @@ def sample_interpolations(q: Tensor, t: Tensor, n: int, num_ranks: int, generato
     return z, interpolation_labels(lam, num_ranks), cos
 
 
-def fit_gmm_interpolation(q_emb, t_emb, num_ranks: int = 4, steps: int = 300, lr: float = 1e-2,
-                          batch_pairs: int = 4096, val_fraction: float = 0.1, eval_every: int = 10,
+def fit_gmm_interpolation(q_emb, t_emb, num_ranks: int = 4, steps: int = 200, lr: float = 3e-3,
+                          batch_pairs: int = 2048, val_fraction: float = 0.1, eval_every: int = 10,
                           patience: int = 5, symmetric: bool = True, seed: int = 0,
                           rank_names: Sequence[str] | None = None) -> GMMHead:
     """Warm up a GMM head on a parallel sample, encoder frozen (the emma-gmm phase, §4.1).
