@@ -118,6 +118,9 @@ def render_tatoeba(files: list[tuple[str, dict]], reference: dict | None) -> str
     avg_keys = []
     for _, d in files:
         avg_keys += [k for k in d.get("averages", {}) if k not in avg_keys]
+    if "xtreme36" in avg_keys and all(d.get("averages", {}).get("all", {}).get("n_langs") == 36
+                                      for _, d in files):
+        avg_keys.remove("all")  # the same 36 languages: one row is enough
     for key in avg_keys:
         label = next(d["averages"][key]["label"] for _, d in files if key in d.get("averages", {}))
         r = [f"**{label.split(' (')[0]} average**", ""]
@@ -132,11 +135,24 @@ def render_tatoeba(files: list[tuple[str, dict]], reference: dict | None) -> str
             else:
                 r += ["-", "-"]
         rows.append(r)
+    diffs = []
+    for name, d in files:
+        if not reference:
+            break
+        common = [lg for lg in d["languages"] if lg in reference]
+        if not common:
+            continue
+        worst = []
+        for key, arrow in (("xx2eng", "xx→eng"), ("eng2xx", "eng→xx")):
+            lg = max(common, key=lambda x: abs(d["languages"][x][key] - reference[x][key]))
+            worst.append(f"{arrow} {100 * abs(d['languages'][lg][key] - reference[lg][key]):.2f} ({lg})")
+        diffs.append(f"`docs/{name}` vs the published base figures, largest |difference| in points over "
+                     f"{len(common)} languages: " + ", ".join(worst) + ".")
     srcs = ", ".join(f"`docs/{n}`" for n, _ in files)
     parts = ["## Tatoeba accuracy (%)", "",
-             "LASER/XTREME protocol: exact nearest neighbour over the n aligned lines, index-based "
-             "(`emmax eval tatoeba`, fp32). Averages are unweighted means over languages.", "",
-             table(cols, rows), "", f"Sources: {srcs}"]
+             ("LASER/XTREME protocol: exact nearest neighbour over the n aligned lines, index-based "
+              "(`emmax eval tatoeba`, fp32). Averages are unweighted means over languages."), "",
+             table(cols, rows), ""] + [x + "\n" for x in diffs] + [f"Sources: {srcs}"]
     if reference:
         parts[-1] += ("; published base-model figures: `../shared/docs/base-tatoeba.json` "
                       "(default-base-model.md §7, converted model, no prefix)")
@@ -156,9 +172,9 @@ def render_xsim(name: str, d: dict) -> str:
     rows.append(["**average**", f"{d['average']:.2f}", f"{d['average']:.2f}"])
     m = d.get("margin", "cosine")
     return "\n".join([f"## xsim error (%), {_model_label(d, name)}", "",
-                      f"{len(d['langs'])} languages, n = {d['n']}, margin {m}"
-                      f"{'' if m == 'cosine' else ', k = ' + str(d.get('k'))}; mean error of each language "
-                      f"as source and as target (text-based average {d['average_text']:.2f}).", "",
+                      (f"{len(d['langs'])} languages, n = {d['n']}, margin {m}"
+                       f"{'' if m == 'cosine' else ', k = ' + str(d.get('k'))}; mean error of each language "
+                       f"as source and as target (text-based average {d['average_text']:.2f})."), "",
                       table(["lang", "as source", "as target"], rows), "", f"Source: `docs/{name}`", ""])
 
 
@@ -172,19 +188,22 @@ def render_geometry(name: str, d: dict) -> str:
              f"{pr['test_accuracy']:.4f}"],
             ["canonical form", "Calinski–Harabasz by meaning", f"{cf['ch_by_meaning']:.2f}"],
             ["canonical form", "Calinski–Harabasz by language", f"{cf['ch_by_language']:.2f}"],
-            ["isotropy", "partition ratio min Z(u) / max Z(u)", f"{iso['partition_ratio']:.4g}"],
+            ["isotropy", "partition ratio min Z(u) / max Z(u), u: eigenvectors of VᵀV",
+             f"{iso['partition_ratio']:.4g}"],
+            ["isotropy", "partition ratio, u: eigenvectors of the covariance",
+             "-" if iso.get("partition_ratio_cov") is None else f"{iso['partition_ratio_cov']:.4g}"],
             ["isotropy", "mean cosine of random pairs", f"{iso['random_pair_cosine']:.4f}"]]
     return "\n".join([f"## Geometry, {_model_label(d, name)}", "",
-                      f"{len(d['langs'])} languages ({', '.join(d['langs'])}) × {d['n']} sentences; "
-                      "definitions in `docs/eval.md`.", "",
+                      (f"{len(d['langs'])} languages ({', '.join(d['langs'])}) × {d['n']} sentences; "
+                       "definitions in `docs/eval.md`."), "",
                       table(["property", "metric", "value"], rows), "", f"Source: `docs/{name}`", ""])
 
 
 def render(results_dir: Path, docs_dir: Path, reference: Path | None = DEFAULT_REFERENCE) -> str:
     parts = [HEADER, "", "# Benchmarks", "",
-             "Speed tables come from `bench/results/*.json` (each bench script's `--json` output), "
-             "quality tables from `docs/*.json` (`emmax eval ... --json`). Regenerate with "
-             "`python bench/make_report.py`.", ""]
+             ("Speed tables come from `bench/results/*.json` (each bench script's `--json` output), "
+              "quality tables from `docs/*.json` (`emmax eval ... --json`). Regenerate with "
+              "`python bench/make_report.py`."), ""]
     bench = sorted(Path(results_dir).glob("*.json")) if Path(results_dir).is_dir() else []
     parts += ["# Speed", ""]
     parts += [render_bench(p) for p in bench] or ["*No results in `bench/results/` yet.*", ""]

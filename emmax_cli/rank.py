@@ -22,9 +22,9 @@ from .io.text import ReadStats, count_lines, display_name, read_chunks
 from .models.encoder import DEFAULT_BATCH_TOKENS, Encoder
 from .models.gmm import WEIGHTS_FILE, GMMHead, fit_gmm_interpolation
 
-__all__ = ["RankedChunk", "load_head_for", "load_ranker", "read_pair_chunks", "score_pairs", "rank_pairs",
-           "rank_files", "fit_head_on_parallel", "fit_gmm_interpolation", "RankParquetWriter",
-           "format_tsv", "format_jsonl", "tsv_header", "write_text"]
+__all__ = ["RankedChunk", "load_head_for", "load_ranker", "read_pair_chunks", "score_pairs",
+           "rank_pairs", "rank_files", "fit_head_on_parallel", "fit_gmm_interpolation",
+           "RankParquetWriter", "format_tsv", "format_jsonl", "tsv_header", "write_text"]
 
 DEFAULT_CHUNK_LINES = 16_384
 NO_HEAD_HINT = "train one with `emmax train` or pass --model with a trained emmax model"
@@ -126,8 +126,8 @@ def _read_tsv_chunks(path, chunk_lines: int, encoding: str):
         cols = [ln.split("\t") for ln in lines]
         bad = next((i for i, c in enumerate(cols) if len(c) != 2), None)
         if bad is not None:
-            raise InputError(f"{display_name(path)} line {ids[bad] + 1}: expected two tab-separated "
-                             f"columns (src, tgt), found {len(cols[bad])}",
+            raise InputError(f"{display_name(path)} line {ids[bad] + 1}: expected two "
+                             f"tab-separated columns (src, tgt), found {len(cols[bad])}",
                              hint="pass a TSV of pairs, or two line-aligned files")
         yield ids, [c[0] for c in cols], [c[1] for c in cols]
 
@@ -149,7 +149,8 @@ def score_pairs(encoder: Encoder, head: GMMHead, src: Sequence[str], tgt: Sequen
         cos = torch.nn.functional.cosine_similarity(a, b, dim=1)
     return RankedChunk(ids=np.arange(len(src), dtype=np.int64) if ids is None else np.asarray(ids),
                        rank=probs.argmax(1).numpy().astype(np.int64),
-                       probs=probs.numpy().astype(np.float32), cosine=cos.numpy().astype(np.float32))
+                       probs=probs.numpy().astype(np.float32),
+                       cosine=cos.numpy().astype(np.float32))
 
 
 def rank_pairs(encoder: Encoder, head: GMMHead,
@@ -160,7 +161,8 @@ def rank_pairs(encoder: Encoder, head: GMMHead,
     yielding one ``RankedChunk`` per chunk, in input order; ``progress(n)`` per chunk."""
     progress = progress or null_progress
     for ids, src, tgt in chunks:
-        yield score_pairs(encoder, head, src, tgt, batch_tokens=batch_tokens, symmetric=symmetric, ids=ids)
+        yield score_pairs(encoder, head, src, tgt, batch_tokens=batch_tokens, symmetric=symmetric,
+                          ids=ids)
         progress(len(ids))
 
 
@@ -217,10 +219,12 @@ class RankParquetWriter:
 
         self.num_ranks = num_ranks
         self.schema = pa.schema(
-            [pa.field("id", pa.int64(), nullable=False), pa.field("rank", pa.int8(), nullable=False),
+            [pa.field("id", pa.int64(), nullable=False),
+             pa.field("rank", pa.int8(), nullable=False),
              pa.field("probs", pa.list_(pa.float32(), num_ranks), nullable=False),
              pa.field("cosine", pa.float32(), nullable=False)],
-            metadata={b"emmax": json.dumps({"num_ranks": num_ranks, **(meta or {})}, sort_keys=True).encode()})
+            metadata={b"emmax": json.dumps({"num_ranks": num_ranks, **(meta or {})},
+                                           sort_keys=True).encode()})
         self._writer = pq.ParquetWriter(str(path), self.schema, compression="zstd")
 
     def write(self, chunk: RankedChunk) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import random
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -177,7 +176,7 @@ def test_eval_bucc_tiny_model_on_a_built_set(tmp_path, tiny_encoder):
 @pytest.mark.real
 @needs_data
 def test_eval_bucc_real_model_small_set(tmp_path, real_encoder):
-    sample, test = make_bucc_set(tmp_path, n_gold=(40, 100), n_fill=(200, 400), seed=1)
+    sample, test = make_bucc_set(tmp_path, n_gold=(20, 50), n_fill=(60, 100), seed=1)
     res = bucc.eval_bucc(real_encoder, sample, test)
     (p,) = res.pairs
     assert p.f1 > 0.8, p
@@ -291,7 +290,7 @@ def test_resolve_langs():
 
 @pytest.mark.real
 @needs_data
-@pytest.mark.parametrize("lang", ["deu", "swh", "kat"])
+@pytest.mark.parametrize("lang", ["swh", "tel", "jav"])  # small sets (390, 234, 205 lines)
 def test_tatoeba_reproduces_base_figures(real_encoder, lang):
     ref = json.loads((SHARED / "docs" / "base-tatoeba.json").read_text())[lang]
     (r,) = tatoeba.eval_tatoeba(real_encoder, TATOEBA, langs=[lang]).languages

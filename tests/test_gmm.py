@@ -97,7 +97,8 @@ def test_log_joint_memory_safe_at_2048x2048x384():
     assert lj.shape == (2048, 2048, 4) and torch.isfinite(lj).all()
     assert grown_mib < 1024, f"peak memory grew by {grown_mib:.0f} MiB"
     rows = torch.tensor([0, 777, 2047])
-    torch.testing.assert_close(lj[rows, rows], h.log_joint_pairs(q[rows], k[rows]), rtol=1e-5, atol=1e-2)
+    torch.testing.assert_close(lj[rows, rows], h.log_joint_pairs(q[rows], k[rows]),
+                               rtol=1e-5, atol=1e-2)
 
 
 def test_posterior_sums_to_one():

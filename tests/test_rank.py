@@ -84,7 +84,8 @@ def test_rank_jsonl_and_small_chunks(ranked_model, files):
     recs = [json.loads(x) for x in r.stdout.splitlines()]
     assert len(recs) == len(SRC) and set(recs[0]) == {"rank", "probs", "cosine"}
     assert all(len(x["probs"]) == 4 and abs(sum(x["probs"]) - 1) < 1e-5 for x in recs)
-    whole = [json.loads(x) for x in run("rank", *files, "-m", ranked_model, "--format", "jsonl").stdout.splitlines()]
+    whole = run("rank", *files, "-m", ranked_model, "--format", "jsonl").stdout
+    whole = [json.loads(x) for x in whole.splitlines()]
     for x, y in zip(recs, whole):  # chunking changes nothing
         assert x["rank"] == y["rank"] and np.allclose(x["probs"], y["probs"], atol=1e-5)
 
@@ -127,13 +128,15 @@ def one_line_error(r, *needles):
 
 def test_mismatched_lengths(ranked_model, tmp_path):
     a, b = write(tmp_path / "a.txt", SRC), write(tmp_path / "b.txt", TGT[:5])
-    one_line_error(run("rank", a, b, "-m", ranked_model, ok=False), "a.txt has 8 lines", "b.txt has 5")
+    r = run("rank", a, b, "-m", ranked_model, ok=False)
+    one_line_error(r, "a.txt has 8 lines", "b.txt has 5")
 
 
 def test_mismatched_lengths_from_stdin_leaves_no_output(ranked_model, tmp_path):
     """Stdin cannot be counted up front: the lockstep reader finds the mismatch."""
     b, out = write(tmp_path / "b.txt", TGT[:5]), tmp_path / "r.jsonl"
-    r = run("rank", "-", b, "-m", ranked_model, "--chunk-lines", "2", "--format", "jsonl", "-o", out,
+    r = run("rank", "-", b, "-m", ranked_model, "--chunk-lines", "2", "--format", "jsonl",
+            "-o", out,
             input="".join(s + "\n" for s in SRC), ok=False)
     one_line_error(r, "<stdin> has 8 lines", "b.txt has 5")
     assert not out.exists() and not list(tmp_path.glob(".*"))
@@ -141,7 +144,8 @@ def test_mismatched_lengths_from_stdin_leaves_no_output(ranked_model, tmp_path):
 
 def test_tsv_line_without_tab(ranked_model, tmp_path):
     pairs = write(tmp_path / "p.tsv", ["a\tb", "c\td", "no tab here", "e\tf"])
-    one_line_error(run("rank", pairs, "-m", ranked_model, ok=False), "p.tsv line 3", "two tab-separated")
+    r = run("rank", pairs, "-m", ranked_model, ok=False)
+    one_line_error(r, "p.tsv line 3", "two tab-separated")
 
 
 def test_missing_head(tiny_model, files):
@@ -155,7 +159,8 @@ def test_corrupt_head(ranked_model, files):
 
 
 def test_missing_input_and_usage(ranked_model, files, tmp_path):
-    one_line_error(run("rank", tmp_path / "nope.txt", files[1], "-m", ranked_model, ok=False), "no such file")
+    r = run("rank", tmp_path / "nope.txt", files[1], "-m", ranked_model, ok=False)
+    one_line_error(r, "no such file")
     r = run("rank", *files, files[0], "-m", ranked_model, ok=False)
     assert r.exit_code == 2
     r = run("rank", *files, "-m", ranked_model, "--format", "jsonl", "--header", ok=False)
@@ -194,7 +199,7 @@ def test_real_ranks_translations_top_and_shuffled_zero(real_encoder):
     assert not {p[0] for p in fit} & {p[0] for p in ev}
     enc = real_encoder
     head = fit_gmm_interpolation(enc.encode([p[0] for p in fit]), enc.encode([p[1] for p in fit]),
-                                 seed=0)
+                                 steps=50, seed=0)
     src, tgt = [p[0] for p in ev], [p[1] for p in ev]
     shuffled = tgt[:]
     random.Random(0).shuffle(shuffled)

@@ -18,9 +18,10 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -95,7 +96,7 @@ def _split_files(d: Path) -> dict[tuple[str, str], Path]:
 def pair_lang(pair: str) -> str:
     """``"de-en"`` or ``"de"`` -> ``"de"``."""
     p = pair.strip().lower()
-    lang = p[:-3] if p.endswith("-en") else p
+    lang = p.removesuffix("-en")
     if not re.fullmatch(r"[a-z]{2,3}", lang):
         raise InputError(f"bad BUCC language pair {pair!r}", hint="use e.g. de-en,fr-en,ru-en,zh-en")
     return lang
@@ -248,8 +249,8 @@ class BuccResult:
         return {
             "task": "bucc2018",
             "protocol": ("threshold tuned on the first folder's split (best F1, midpoint rule), applied "
-                         "to the second's; ratio margin, k=%d, max retrieval, unified duplicates; "
-                         "P/R/F1 as fractions" % self.k),
+                         f"to the second's; ratio margin, k={self.k}, max retrieval, unified duplicates; "
+                         "P/R/F1 as fractions"),
             "model": self.model,
             "average_f1": self.average_f1,
             "pairs": {p.pair: asdict(p) for p in self.pairs},

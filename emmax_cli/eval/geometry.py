@@ -10,14 +10,15 @@ S = Σ v, S_l = Σ over language l, s_i = Σ over the L renderings of meaning i.
   language-neutral; chance = 1/L), and the Calinski-Harabasz index of the embeddings grouped
   by meaning (higher = clusters by meaning) and by language (lower = better).
 * isotropy: Mu & Viswanath (2018) partition-function ratio min_u Z(u) / max_u Z(u), with
-  Z(u) = Σ_v exp(uᵀv) over ±eigenvectors u of the covariance (1 = isotropic), and the mean
+  Z(u) = Σ_v exp(uᵀv) over ±eigenvectors u of VᵀV (also: of the covariance; 1 = isotropic), and the mean
   cosine of random pairs of different meanings (0 for an isotropic space)."""
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -75,12 +76,18 @@ def calinski_harabasz(X: np.ndarray, labels: np.ndarray) -> float:
     return (between / (k - 1)) / (within / (N - k))
 
 
-def partition_ratio(X: np.ndarray) -> float:
+def partition_ratio(X: np.ndarray, basis: str = "second_moment") -> float:
     """Mu & Viswanath (2018) isotropy: min_u Z(u) / max_u Z(u), Z(u) = Σ_i exp(uᵀx_i), u over
-    the eigenvectors of the covariance of X (both signs, as an eigenvector's sign is arbitrary).
-    Computed in log space (log-sum-exp)."""
+    the eigenvectors (both signs: an eigenvector's sign is arbitrary) of XᵀX
+    (``basis="second_moment"``, as in the paper: the common mean direction is one of them) or of
+    the covariance of the mean-centred X (``basis="covariance"``). Computed in log space."""
     X = np.asarray(X, dtype=np.float64)
-    C = np.cov(X, rowvar=False)
+    if basis == "second_moment":
+        C = X.T @ X
+    elif basis == "covariance":
+        C = np.cov(X, rowvar=False)
+    else:
+        raise InputError(f"unknown basis {basis!r}", hint="use second_moment or covariance")
     _, U = np.linalg.eigh(C)
     P = X @ U  # (N, d) projections
     logz = np.concatenate([_logsumexp(P), _logsumexp(-P)])
@@ -106,7 +113,7 @@ def language_probe(X: np.ndarray, lang_labels: np.ndarray, meaning: np.ndarray, 
     n_classes = int(y.max()) + 1
     ids = np.unique(meaning)
     rng = np.random.default_rng(seed)
-    test_ids = rng.permutation(ids)[: max(1, int(round(len(ids) * test_frac)))]
+    test_ids = rng.permutation(ids)[: max(1, round(len(ids) * test_frac))]
     test = np.isin(meaning, test_ids)
     if test.all() or not test.any():
         raise InputError("language probe needs at least two meanings", hint="use more sentences (--n)")
@@ -185,7 +192,9 @@ def geometry_from_embeddings(E: np.ndarray, langs: Sequence[str], seed: int = 0,
     canonical = {"lang_probe": language_probe(X, lang_lab, meaning, seed=seed),
                  "ch_by_meaning": calinski_harabasz(X, meaning),
                  "ch_by_language": calinski_harabasz(X, lang_lab)}
-    isotropy = {"partition_ratio": partition_ratio(X), "random_pair_cosine": inv["random_any"]}
+    isotropy = {"partition_ratio": partition_ratio(X),
+                "partition_ratio_cov": partition_ratio(X, basis="covariance"),
+                "random_pair_cosine": inv["random_any"]}
     pts, var = pca_2d(X)
     return GeometryResult(langs=list(langs), n=n, invariance=invariance, canonical=canonical,
                           isotropy=isotropy, points=pts, point_lang=[langs[i] for i in lang_lab],

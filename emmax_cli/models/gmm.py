@@ -99,7 +99,8 @@ class GMMHead(nn.Module):
         """(mu, precision w = exp(-log_var), constant per rank) in fp32; constant (N,) is
         log softmax(prior) - (d log 2pi + sum log_var) / 2."""
         lv = self.log_var.float().clamp(*self.log_var_bounds)
-        const = torch.log_softmax(self.prior_logits.float(), 0) - 0.5 * (self.dim * LOG_2PI + lv.sum(1))
+        logprior = torch.log_softmax(self.prior_logits.float(), 0)
+        const = logprior - 0.5 * (self.dim * LOG_2PI + lv.sum(1))
         return self.mu.float(), torch.exp(-lv), const
 
     def log_joint(self, q: Tensor, k: Tensor, chunk: int | None = None) -> Tensor:
@@ -157,7 +158,7 @@ class GMMHead(nn.Module):
 
     # ---- rank means (§4.2) --------------------------------------------------------------------
     def rank_from_similarity(self, sim: Tensor) -> Tensor:
-        """The encoder's rank estimate: the nearest rank mean to each cosine. (...) -> (...) int64."""
+        """The encoder's rank estimate: the nearest rank mean to each cosine; (...) -> (...)."""
         return (sim.float()[..., None] - self.rank_means).abs().argmin(-1)
 
     @torch.no_grad()
@@ -269,7 +270,8 @@ def sample_interpolations(q: Tensor, t: Tensor, n: int, num_ranks: int, generato
     qb, tb, tj = q[b], t[b], t[j]
     if symmetric:  # half the rows query from the other side
         flip = (torch.rand(n, generator=generator) < 0.5)[:, None]
-        qb, tb, tj = torch.where(flip, tb, qb), torch.where(flip, qb, tb), torch.where(flip, q[j], tj)
+        qb, tb, tj = (torch.where(flip, tb, qb), torch.where(flip, qb, tb),
+                      torch.where(flip, q[j], tj))
     y = lam[:, None] * tb + (1 - lam[:, None]) * tj
     z = qb - y
     cos = torch.nn.functional.cosine_similarity(qb, y, dim=1)
@@ -336,7 +338,8 @@ def fit_gmm_interpolation(q_emb, t_emb, num_ranks: int = 4, steps: int = 200, lr
                 best_state = {k: v.clone() for k, v in head.state_dict().items()}
             else:
                 stale += 1
-            log.debug("GMM warm-up step %d: loss %.4f, held-out accuracy %.3f", step, loss.item(), acc)
+            log.debug("GMM warm-up step %d: loss %.4f, held-out accuracy %.3f", step, loss.item(),
+                      acc)
             if stale >= patience:
                 break
     head.load_state_dict(best_state)
