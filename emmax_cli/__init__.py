@@ -16,6 +16,13 @@ _EXPORTS = {
     "MinedPairs": "emmax_cli.mine",
     "mine_files": "emmax_cli.bitext",
     "calibrate": "emmax_cli.bitext",
+    "GMMHead": "emmax_cli.models.gmm",
+    "rank_pairs": "emmax_cli.rank",
+    "rank_files": "emmax_cli.rank",
+    "eval_tatoeba": "emmax_cli.eval.tatoeba",
+    "eval_bucc": "emmax_cli.eval.bucc",
+    "eval_xsim": "emmax_cli.eval.xsim",
+    "eval_geometry": "emmax_cli.eval.geometry",
     "EmmaxError": "emmax_cli.errors",
 }
 
