@@ -134,7 +134,9 @@ def memory(args) -> None:
     tmp = Path(tempfile.mkdtemp())
     rows = []
     model = args.model
+    label = model or "default (multilingual-e5-small)"
     if model == "tiny":
+        label = "tiny random (2 layers, hidden 32)"
         from emmax_cli.models.tiny import build_tiny_model
 
         model = str(build_tiny_model(tmp / "tiny", vocab_texts=base))
@@ -150,7 +152,7 @@ def memory(args) -> None:
         subprocess.run(cmd, check=True)
         peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
         dt = time.perf_counter() - t
-        rows.append([f"{n:,}", model or "default (multilingual-e5-small)", f"{peak / 1024:.0f}",
+        rows.append([f"{n:,}", label, f"{peak / 1024:.0f}",
                      f"{dt:.1f}", f"{n / dt:.0f}", "" if peak > before else "(not above an earlier run)"])
         os.unlink(f)
     print_table("Peak memory of `emmax embed` (max RSS of the process)",

@@ -1,13 +1,13 @@
 """Atomic training checkpoints (torchtune split, nanoGPT contents).
 
-    <out>/checkpoints/step-000123/
+    <out>/checkpoints/<phase>/step-000123/
         trainable.safetensors   the query encoder's trained parameters (fp32; the frozen base
                                  is not copied: it is ``model.base`` of the config)
         gmm_head.safetensors    GMM head weights and rank means (+ gmm_head.json), once trained
         trainer_state.pt        optimisers, step, phase, key encoder + queue, MLM head, RNG
                                  states, seed, data position
         config.toml             the resolved config
-    <out>/checkpoints/latest    text: the name of the newest complete checkpoint
+    <out>/checkpoints/latest    text: ``<phase>/step-000123``, the newest complete checkpoint
 
 A checkpoint is written to ``step-000123.tmp/`` and renamed when complete; ``latest`` is
 replaced last, so a crash at any point leaves the previous checkpoint usable."""
@@ -34,12 +34,12 @@ def checkpoint_root(out: str | os.PathLike) -> Path:
     return Path(out) / "checkpoints"
 
 
-def save_checkpoint(out: str | os.PathLike, step: int, weights: dict[str, torch.Tensor], state: dict,
+def save_checkpoint(out: str | os.PathLike, phase: str, step: int, weights: dict[str, torch.Tensor], state: dict,
                     config_text: str, gmm=None, keep: int = 2) -> Path:
     """Write checkpoint ``step`` atomically, point ``latest`` at it, keep the newest ``keep``."""
     from safetensors.torch import save_file
 
-    root = checkpoint_root(out)
+    root = checkpoint_root(out) / phase
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:06d}"
     tmp = root / f"step-{step:06d}.tmp"
@@ -56,8 +56,8 @@ def save_checkpoint(out: str | os.PathLike, step: int, weights: dict[str, torch.
     except BaseException:
         remove_path(tmp)
         raise
-    with atomic_output(root / "latest") as t:
-        t.write_text(final.name + "\n", encoding="utf-8")
+    with atomic_output(checkpoint_root(out) / "latest") as t:
+        t.write_text(f"{phase}/{final.name}\n", encoding="utf-8")
     if keep > 0:
         done = sorted(p for p in root.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp"))
         for old in done[:-keep]:

@@ -38,8 +38,8 @@ class DataSection:
     mono_ratio: float = 0.5  # EM phase: share of batch sentences that are monolingual (1:1)
     max_lines: int = 0  # read at most this many lines per file (0 = all), for small slices
     shuffle_buffer: int = 2048  # per-file shuffle buffer while streaming
-    dev: list[str] = field(default_factory=list)  # held-out TSVs for dev retrieval accuracy
-    dev_pairs: int = 500  # dev pairs used (spread over the dev files)
+    dev: list[str] = field(default_factory=list)  # TSVs from which dev pairs are held out of training
+    dev_pairs: int = 500  # dev pairs (spread over the dev files); written to <out>/dev.tsv
 
 
 @dataclass

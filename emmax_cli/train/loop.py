@@ -44,7 +44,8 @@ from ..errors import ConfigError
 from . import distributed as D
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import PHASES, TrainConfig, config_from_dict, dump_toml
-from .data import BatchSampler, eval_sentence_set, find_sources, read_pairs
+from ..io.atomic import atomic_output
+from .data import BatchSampler, eval_sentence_set, find_sources, normalize_line, read_pairs
 from .losses import MLMHead, gmm_cross_entropy, mask_tokens, mlm_loss, ranking_infonce
 from .queue import MomentumQueue, SplitEncoder, pad_batch
 
@@ -115,6 +116,7 @@ class Trainer:
             prec = "bf16" if (cuda and torch.cuda.is_bf16_supported()) or (not cuda and cpu_has_bf16()) else "fp32"
         self.precision = prec
         if self.cfg.run.threads:
+            self._prev_threads = torch.get_num_threads()  # restored by cleanup()
             torch.set_num_threads(self.cfg.run.threads)
 
     def _autocast(self):
@@ -125,11 +127,9 @@ class Trainer:
 
     def _start_model(self, phase: str) -> Path | str:
         """Where a phase starts: the base (ctl), else the previous phase's export."""
-        prev = {"ctl": None, "gmm": "ctl", "em": "gmm"}[phase]
-        while prev is not None and self.cfg.phase_steps(prev) == 0 and prev != "gmm":
-            prev = {"ctl": None, "gmm": "ctl"}[prev]
-        if prev is None:
+        if phase == "ctl" or (phase == "gmm" and self.cfg.phases.ctl_steps == 0):
             return self.cfg.model.base
+        prev = "ctl" if phase == "gmm" else "gmm"
         src = self.out / prev
         if not (src / "emmax.json").exists():
             raise ConfigError(f"phase {phase} starts from {src}, which does not exist",
@@ -139,17 +139,19 @@ class Trainer:
     def setup(self, phase: str, resume: bool = False) -> None:
         """Load the model, build the encoder split, key encoder, queue, heads, optimisers and
         data sampler of ``phase``; with ``resume`` restore the newest checkpoint of that phase."""
-        from ..models.encoder import Encoder, load_tokenizer
+        from tokenizers import Tokenizer
+
+        from ..models.encoder import Encoder
         from ..models.gmm import GMMHead
 
         if phase not in PHASES:
             raise ConfigError(f"unknown phase {phase!r}", hint=f"use one of {', '.join(PHASES)}")
-        state = weights = None
+        state = ck = None
         if resume:
             ck = latest_checkpoint(self.out)
             if ck is None:
                 raise ConfigError(f"{self.out}: no checkpoint to resume from", hint="start without --resume")
-            weights, state = load_checkpoint(ck)
+            state = torch.load(ck / "trainer_state.pt", map_location="cpu", weights_only=False)
             if state["phase"] != phase:
                 raise ConfigError(f"the newest checkpoint {ck.name} is from phase {state['phase']}, not {phase}")
             self._adopt_config(state["config"])
@@ -160,16 +162,12 @@ class Trainer:
         src = self._start_model(phase)
         enc = Encoder.load(str(src), device=self.device, precision="fp32")
         self.base_config = enc.config
-        self.tok = load_tokenizer(Path(enc.root or src) / "encoder" if (Path(str(src)) / "emmax.json").exists() or
-                                  enc.root and (Path(enc.root) / "emmax.json").exists() else Path(str(src)),
-                                  cfg.model.max_length)
+        self.base_tok = enc.tokenizer  # saved with exports (the base's truncation)
+        self.tok = Tokenizer.from_str(enc.tokenizer.to_str())
+        self.tok.enable_truncation(cfg.model.max_length)  # training truncates shorter
         self.pad_id = enc.pad_id
         self.model = enc.model
-        self.model.eval()
-        if cfg.model.dropout is False:
-            for m in self.model.modules():
-                if isinstance(m, torch.nn.Dropout):
-                    m.p = 0.0
+        self.model.eval()  # the frozen trunk never uses dropout; the top switches in train()
         self.enc = SplitEncoder(self.model, cfg.model.train_layers, cfg.model.freeze_embeddings,
                                 cfg.model.projection, enc.config.pooling, enc.config.normalize).to(self.device)
         if (Path(str(src)) / "projection.safetensors").exists() and "proj" in self.enc.top:
@@ -208,8 +206,8 @@ class Trainer:
         self.total = cfg.phase_steps(phase)
         self.elapsed = 0.0
         self._build_data()
-        if state is not None:
-            self.load(weights, state)
+        if ck is not None:
+            self.load(ck)
 
     def _adopt_config(self, saved: dict) -> None:
         """On resume the checkpoint's config wins, except for values in RESUMABLE and the
@@ -227,7 +225,16 @@ class Trainer:
     def _build_data(self) -> None:
         cfg, d = self.cfg, self.cfg.data
         banned = eval_sentence_set(d.exclude)
-        self.banned = banned
+        self.dev = None
+        if d.dev:  # dev pairs are taken out of training: both sides join the banned set
+            xx, en, langs = read_pairs(d.dev, d.dev_pairs, seed=cfg.run.seed, banned=banned)
+            self.dev = (xx, en)
+            banned |= {normalize_line(t) for t in xx + en}
+            if self.dist.is_main:
+                self.out.mkdir(parents=True, exist_ok=True)
+                with atomic_output(self.out / "dev.tsv") as tmp:
+                    tmp.write_text("".join(f"{a}\t{b}\t{lang}\n" for a, b, lang in zip(xx, en, langs)),
+                                   encoding="utf-8")
         par = find_sources(d.parallel, "tsv", d.max_lines)
         mono = find_sources(d.mono, "mono", d.max_lines) if d.mono else []
         B = cfg.run.batch_pairs
@@ -239,10 +246,6 @@ class Trainer:
         phase_seed = cfg.run.seed * 1000 + PHASES.index(self.phase)
         self.sampler = BatchSampler(par, mono, num_pairs, num_mono, d.alpha, phase_seed, self.dist.rank,
                                     self.dist.world, banned, d.shuffle_buffer, d.max_lines)
-        self.dev = None
-        if d.dev:
-            xx, en, _ = read_pairs(d.dev, d.dev_pairs, seed=cfg.run.seed, banned=banned)
-            self.dev = (xx, en)
 
     # ---- encoding -----------------------------------------------------------------------------
     def _ids(self, texts: list[str]):
@@ -336,13 +339,13 @@ class Trainer:
             l_ctl, rows_per = ranking_infonce(S, labels, exclude, cfg.taus(), ok)
             l_gmm = gmm_cross_entropy(lj, c_m, cfg.loss.label_smoothing, cfg.loss.class_weight_cap,
                                       cfg.loss.gmm_anchor / self.dim)
-            stats["loss_gmm"] = float(l_gmm)
+            stats["loss_gmm"] = float(l_gmm.detach())
             stats["pos_rows"] = rows_per
             loss = l_ctl + l_gmm
-        stats["loss_ctl"] = float(l_ctl)
+        stats["loss_ctl"] = float(l_ctl.detach())
         if self.mlm is not None:
             l_mlm = self._mlm(x, mask)
-            stats["loss_mlm"] = float(l_mlm)
+            stats["loss_mlm"] = float(l_mlm.detach())
             loss = loss + cfg.loss.mlm_weight * l_mlm
         self.mq.enqueue(D.all_gather_cat(k))
         return loss, stats
@@ -379,15 +382,18 @@ class Trainer:
                 g["lr"] = lr
             self.mq.momentum_update(self.enc.top)
             sums: dict = {}
+            sents = 0
             for _ in range(o.grad_accum):
-                loss, stats = self._micro(self.sampler.next())
+                batch = self.sampler.next()
+                sents += len(batch.texts)
+                loss, stats = self._micro(batch)
                 self.scaler.scale(loss / o.grad_accum).backward()
                 for key, v in stats.items():
                     if isinstance(v, float):
                         sums[key] = sums.get(key, 0.0) + v / o.grad_accum
                     else:
                         sums[key] = v
-                sums["loss"] = sums.get("loss", 0.0) + float(loss) / o.grad_accum
+                sums["loss"] = sums.get("loss", 0.0) + float(loss.detach()) / o.grad_accum
             params = self._params()
             D.average_gradients(params)
             self.scaler.unscale_(self.opt)
@@ -401,12 +407,14 @@ class Trainer:
                 self.gmm_opt.zero_grad(set_to_none=True)
             self.step += 1
             self.elapsed += time.perf_counter() - t0
-            n_last += self.cfg.run.batch_pairs * o.grad_accum * self.dist.world
+            n_last += sents / 2 * self.dist.world  # pair equivalents (2 sentences each)
             rec = {"phase": self.phase, "step": self.step, "lr": lr, "grad_norm": float(gnorm), **sums}
             if self.gmm_opt is not None:
                 rec["gmm_lr"] = o.gmm_lr
             if self.step % cfg.run.eval_every == 0 or self.step == self.total:
+                te = time.perf_counter()
                 rec["dev_acc"] = self.dev_accuracy()
+                t_last += time.perf_counter() - te  # throughput excludes the dev evaluation
             if self.step % cfg.run.log_every == 0 or self.step == self.total or "dev_acc" in rec:
                 now = time.perf_counter()
                 rec["pairs_per_s"] = n_last / max(now - t_last, 1e-9)
@@ -471,7 +479,10 @@ class Trainer:
         return {k: v for k, v in self.enc.top.state_dict().items()}
 
     def save(self) -> None:
-        """Checkpoint the phase (rank zero writes; every rank's RNG state is gathered)."""
+        """Checkpoint the phase (rank zero writes; every rank's RNG state is gathered). The
+        ``gmm`` phase has no checkpoint: its export is its result, and it is deterministic."""
+        if self.phase == "gmm":
+            return
         rng = _rng_state()
         rng["mask_gen"] = self.mask_gen.get_state()
         rngs = [rng]
@@ -488,13 +499,13 @@ class Trainer:
                      "mlm": self.mlm.state_dict() if self.mlm else None, "rng": rngs,
                      "data_position": self.sampler.drawn, "elapsed": self.elapsed,
                      "config": self.cfg.to_dict()}
-            save_checkpoint(self.out, self.step if self.phase != "gmm" else 0, self._weights(), state,
-                            dump_toml(self.cfg), gmm=self.gmm, keep=self.cfg.run.keep_checkpoints) \
-                if self.phase != "gmm" else None
+            save_checkpoint(self.out, self.phase, self.step, self._weights(), state, dump_toml(self.cfg), gmm=self.gmm,
+                            keep=self.cfg.run.keep_checkpoints)
         D.barrier()
 
-    def load(self, weights: dict, state: dict) -> None:
+    def load(self, path: Path) -> None:
         """Restore a checkpoint made by ``save`` into a set-up trainer of the same phase."""
+        weights, state = load_checkpoint(path)
         if state.get("world", 1) != self.dist.world:
             raise ConfigError(f"checkpoint made with {state['world']} processes, now {self.dist.world}",
                               hint="resume with the same number of processes")
@@ -507,10 +518,9 @@ class Trainer:
             self.mlm.load_state_dict(state["mlm"])
         self.scaler.load_state_dict(state["scaler"])
         if self.gmm is not None:
-            ck = latest_checkpoint(self.out)
             from ..models.gmm import GMMHead
 
-            self.gmm.load_state_dict(GMMHead.from_dir(ck, dim=self.dim).state_dict())
+            self.gmm.load_state_dict(GMMHead.from_dir(path, dim=self.dim).state_dict())
         self.step, self.elapsed = int(state["step"]), float(state.get("elapsed", 0.0))
         self.sampler.skip(int(state["data_position"]))
         rng = state["rng"][self.dist.rank]
@@ -545,23 +555,16 @@ class Trainer:
                          base_model=bc.base_model if bc.extra.get("trained_by") else bc.name,
                          mine_threshold=bc.mine_threshold, mine_threshold_source=bc.mine_threshold_source,
                          num_ranks=self.N if self.gmm is not None else None, files=files, extra=extra)
-        save_model_dir(tmp, self.model, self.tok_for_save(), mc)
+        save_model_dir(tmp, self.model, self.base_tok, mc)
         shutil.rmtree(root, ignore_errors=True)
         os.replace(tmp, root)
         D.barrier()
         return root
 
-    def tok_for_save(self):
-        """The tokenizer with the base's truncation (training truncates shorter)."""
-        from tokenizers import Tokenizer
-
-        t = Tokenizer.from_str(self.tok.to_str())
-        t.no_padding()
-        t.enable_truncation(self.base_config.max_length)
-        return t
-
     def cleanup(self) -> None:
         D.cleanup()
+        if getattr(self, "_prev_threads", None):
+            torch.set_num_threads(self._prev_threads)
 
     # ---- all phases -------------------------------------------------------------------------
     def run(self, phases: list[str] | None = None, resume: bool = False) -> dict[str, dict]:
@@ -577,10 +580,12 @@ class Trainer:
             ck_phase = torch.load(ck / "trainer_state.pt", map_location="cpu", weights_only=False)["phase"]
         try:
             for p in phases:
-                if resume and ck_phase is not None and PHASES.index(p) < PHASES.index(ck_phase) \
-                        and (self.out / p / "emmax.json").exists():
-                    continue
-                self.setup(p, resume=resume and p == ck_phase)
+                exported = (self.out / p / "emmax.json").exists()
+                if ck_phase is not None and PHASES.index(p) < PHASES.index(ck_phase) and exported:
+                    continue  # finished before the checkpoint was written
+                self.setup(p, resume=p == ck_phase)
+                if self.step >= self.total and exported:
+                    continue  # the checkpoint is this phase's last step
                 out[p] = self.train()
         finally:
             self.cleanup()

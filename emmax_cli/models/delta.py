@@ -1,0 +1,190 @@
+"""A trained emmax model packaged as what differs from its base (small enough to ship in git).
+
+A delta directory holds:
+
+    delta.safetensors        fp16 differences (trained - base) of every encoder tensor that
+                             changed (e.g. the top layers when only those were trained)
+    gmm_head.safetensors/.json  the GMM head (weights, rank means)
+    projection.safetensors   the optional linear projection (if the model has one)
+    delta.json               format, base name and weight checksum, the trained model's
+                             emmax.json fields, tensor list
+    README.md                model card
+
+``package(model_dir, base, delta_dir)`` writes one from a trained model directory;
+``materialize(delta_dir, base, out_dir)`` rebuilds the full emmax model directory from the
+base, checking that the base weights are the ones the delta was made against."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+from ..errors import ModelLoadError
+from .loading import ModelConfig, ResolvedModel, resolve, save_model_dir, sha256_file
+
+log = logging.getLogger(__name__)
+
+DELTA_FORMAT = 1
+DELTA_FILE = "delta.safetensors"
+META_FILE = "delta.json"
+HEAD_FILES = ("gmm_head.safetensors", "gmm_head.json")
+PROJECTION = "projection.safetensors"
+
+
+def _load_encoder(rm: ResolvedModel):
+    from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    try:
+        return AutoModel.from_pretrained(str(rm.encoder_dir), add_pooling_layer=False)
+    except TypeError:
+        return AutoModel.from_pretrained(str(rm.encoder_dir))
+
+
+def _as_resolved(m: ResolvedModel | str | os.PathLike) -> ResolvedModel:
+    return m if isinstance(m, ResolvedModel) else resolve(m)
+
+
+def package(model_dir: str | os.PathLike, base: ResolvedModel | str | os.PathLike,
+            delta_dir: str | os.PathLike, atol: float = 0.0) -> Path:
+    """Write the delta of the trained emmax model ``model_dir`` against ``base``.
+
+    Tensors whose largest absolute change is <= ``atol`` are left out (frozen parameters).
+    Returns the delta directory; its size is logged."""
+    from safetensors.torch import save_file
+
+    trained_rm, base_rm = resolve(model_dir), _as_resolved(base)
+    trained, ref = _load_encoder(trained_rm).state_dict(), _load_encoder(base_rm).state_dict()
+    if set(trained) != set(ref):
+        raise ModelLoadError(f"{model_dir}: its encoder does not have the base's tensors",
+                             hint="package against the base the model was trained from")
+    deltas = {}
+    for name, w in trained.items():
+        d = w.float() - ref[name].float()
+        if d.abs().max() > atol:
+            deltas[name] = d.half().contiguous()
+    out = Path(delta_dir)
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file(deltas, str(tmp / DELTA_FILE), metadata={"format": "emmax-delta", "dtype": "float16"})
+    for f in (*HEAD_FILES, PROJECTION):
+        if (trained_rm.root / f).exists():
+            shutil.copy2(trained_rm.root / f, tmp / f)
+    cfg = json.loads((trained_rm.root / "emmax.json").read_text(encoding="utf-8"))
+    for k in ("checksum", "files"):
+        cfg.pop(k, None)
+    meta = {"format_version": DELTA_FORMAT, "base_model": base_rm.config.name,
+            "base_checksum": base_rm.config.checksum or sha256_file(base_rm.encoder_dir / "model.safetensors"),
+            "dtype": "float16", "tensors": sorted(deltas),
+            "num_parameters": int(sum(v.numel() for v in deltas.values())), "model_config": cfg}
+    (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    if out.is_dir():  # keep what else lives there (model card, evaluation files)
+        for f in out.iterdir():
+            if f.is_file() and not (tmp / f.name).exists() and f.name not in (*HEAD_FILES, PROJECTION):
+                shutil.copy2(f, tmp / f.name)
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    size = sum(f.stat().st_size for f in out.iterdir())
+    log.info("packaged %d tensors (%d parameters) into %s: %.1f MB", len(deltas), meta["num_parameters"],
+             out, size / 1e6)
+    return out
+
+
+def read_meta(delta_dir: str | os.PathLike) -> dict:
+    p = Path(delta_dir) / META_FILE
+    try:
+        meta = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise ModelLoadError(f"{p}: unreadable delta metadata ({e})", hint="re-copy the model folder") from None
+    if int(meta.get("format_version", 0)) > DELTA_FORMAT:
+        raise ModelLoadError(f"{p}: delta format {meta['format_version']} is newer than this emmax supports",
+                             hint="upgrade emmax")
+    return meta
+
+
+def materialize(delta_dir: str | os.PathLike, base: ResolvedModel | str | os.PathLike,
+                out_dir: str | os.PathLike) -> Path:
+    """Rebuild the full emmax model directory ``out_dir`` = base + delta (+ GMM head).
+
+    Args:
+        delta_dir: a folder written by ``package`` (e.g. ``models/emmax-small``).
+        base: the base model (name, directory or ``ResolvedModel``), e.g.
+            ``resolve("multilingual-e5-small")``.
+        out_dir: where to write the model directory (replaced atomically).
+    Raises:
+        ModelLoadError: missing files, or a base whose weights differ from the delta's base.
+    """
+    import torch
+    from safetensors.torch import load_file
+
+    from .encoder import load_tokenizer
+
+    d = Path(delta_dir)
+    meta = read_meta(d)
+    base_rm = _as_resolved(base)
+    have = base_rm.config.checksum or sha256_file(base_rm.encoder_dir / "model.safetensors")
+    if have != meta["base_checksum"]:
+        raise ModelLoadError(f"{d}: made against base weights {meta['base_checksum'][:12]}, "
+                             f"but {base_rm.root} has {have[:12]}",
+                             hint=f"use the base {meta['base_model']!r} built by this emmax version")
+    if not (d / DELTA_FILE).exists():
+        raise ModelLoadError(f"{d / DELTA_FILE}: missing", hint="re-copy the model folder")
+    model = _load_encoder(base_rm)
+    deltas = load_file(str(d / DELTA_FILE))
+    params = dict(model.named_parameters())
+    buffers = dict(model.named_buffers())
+    with torch.no_grad():
+        for name, delta in deltas.items():
+            t = params.get(name, buffers.get(name))
+            if t is None:
+                raise ModelLoadError(f"{d}: tensor {name} is not in the base model", hint="wrong base")
+            t.copy_((t.float() + delta.float()).to(t.dtype))
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        files = {}
+        for f in (*HEAD_FILES, PROJECTION):
+            if (d / f).exists():
+                shutil.copy2(d / f, tmp / f)
+                files[f] = sha256_file(tmp / f)
+        for f in ("README.md",):
+            if (d / f).exists():
+                shutil.copy2(d / f, tmp / f)
+        known = set(ModelConfig.__dataclass_fields__)
+        mc = {k: v for k, v in meta["model_config"].items() if k in known}
+        mc["extra"] = {**mc.get("extra", {}), "materialized_from": str(d), "delta_base": meta["base_model"]}
+        cfg = ModelConfig(**{**mc, "files": files})
+        tok = load_tokenizer(base_rm.encoder_dir, int(cfg.max_length))
+        save_model_dir(tmp, model, tok, cfg)
+        shutil.rmtree(out, ignore_errors=True)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def ensure_materialized(delta_dir: str | os.PathLike, out_dir: str | os.PathLike,
+                        base: ResolvedModel | str | os.PathLike | None = None) -> ResolvedModel:
+    """The full model for ``delta_dir`` at ``out_dir``, built once (again only when the delta
+    changes: its sha256 is stamped into ``emmax.json``). ``base`` defaults to the delta's
+    recorded base name. This is what a built-in name such as ``emmax-small`` resolves to."""
+    d, out = Path(delta_dir), Path(out_dir)
+    stamp = sha256_file(d / DELTA_FILE)
+    if (out / "emmax.json").exists():
+        cfg = ModelConfig.from_json(out / "emmax.json")
+        if cfg.extra.get("delta_sha256") == stamp:
+            return resolve(out)
+    meta = read_meta(d)
+    materialize(d, base if base is not None else meta["base_model"], out)
+    cfg = ModelConfig.from_json(out / "emmax.json")
+    cfg.extra["delta_sha256"] = stamp
+    cfg.save(out / "emmax.json")
+    return resolve(out)
