@@ -38,6 +38,7 @@ def _load_encoder(rm: ResolvedModel):
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     try:
         return AutoModel.from_pretrained(str(rm.encoder_dir), add_pooling_layer=False)
     except TypeError:
@@ -86,6 +87,8 @@ def package(model_dir: str | os.PathLike, base: ResolvedModel | str | os.PathLik
         for f in out.iterdir():
             if f.is_file() and not (tmp / f.name).exists() and f.name not in (*HEAD_FILES, PROJECTION):
                 shutil.copy2(f, tmp / f.name)
+    for f in tmp.iterdir():
+        f.chmod(0o644)  # safetensors writes 0600; the folder ships in the repository
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
     size = sum(f.stat().st_size for f in out.iterdir())
