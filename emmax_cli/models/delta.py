@@ -85,10 +85,15 @@ def package(model_dir: str | os.PathLike, base: ResolvedModel | str | os.PathLik
     (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     if out.is_dir():  # keep what else lives there (model card, evaluation files)
         for f in out.iterdir():
-            if f.is_file() and not (tmp / f.name).exists() and f.name not in (*HEAD_FILES, PROJECTION):
+            if (tmp / f.name).exists() or f.name in (*HEAD_FILES, PROJECTION):
+                continue
+            if f.is_dir():
+                shutil.copytree(f, tmp / f.name)
+            else:
                 shutil.copy2(f, tmp / f.name)
-    for f in tmp.iterdir():
-        f.chmod(0o644)  # safetensors writes 0600; the folder ships in the repository
+    for f in (DELTA_FILE, META_FILE, *HEAD_FILES, PROJECTION):
+        if (tmp / f).exists():
+            (tmp / f).chmod(0o644)  # safetensors writes 0600; the folder ships in the repository
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
     size = sum(f.stat().st_size for f in out.iterdir())
