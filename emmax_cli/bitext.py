@@ -183,50 +183,52 @@ class Calibration:
     source: str
 
 
-def calibration_sample(pair_files: list[str | os.PathLike], n_per_file: int = 1000,
-                       gold_fraction: float = 0.8, seed: int = 0) -> tuple[list[str], list[str], int]:
-    """A BUCC-style labelled sample from parallel TSV files (``src<TAB>tgt``): per file, a
-    ``gold_fraction`` of the drawn pairs keep both sides (gold pairs, at the same index), the
-    rest are split into source-only and target-only sentences (no translation on the other
-    side). Returns ``(src, tgt, n_gold)``; gold pairs are rows ``0..n_gold-1`` of both."""
-    rng = np.random.default_rng(seed)
-    gold_s, gold_t, extra_s, extra_t = [], [], [], []
-    for f in pair_files:
-        rows = [ln.split("\t") for ln in read_lines(f)]
-        bad = [i + 1 for i, r in enumerate(rows) if len(r) < 2]
-        if bad:
-            raise InputError(f"{f} line {bad[0]}: expected two tab-separated columns (src, tgt)")
-        pick = rng.permutation(len(rows))[:n_per_file]
-        n_gold = int(round(len(pick) * gold_fraction))
-        half = (len(pick) - n_gold) // 2
-        gold_s += [rows[i][0] for i in pick[:n_gold]]
-        gold_t += [rows[i][1] for i in pick[:n_gold]]
-        extra_s += [rows[i][0] for i in pick[n_gold : n_gold + half]]
-        extra_t += [rows[i][1] for i in pick[n_gold + half :]]
-    return gold_s + extra_s, gold_t + extra_t, len(gold_s)
+def calibration_sample(pair_file: str | os.PathLike, n: int = 1000, gold_fraction: float = 0.8,
+                       seed: int = 0) -> tuple[list[str], list[str], int]:
+    """A BUCC-style labelled sample from a parallel TSV file (``src<TAB>tgt``): a
+    ``gold_fraction`` of ``n`` drawn pairs keep both sides (gold pairs, rows ``0..n_gold-1`` of
+    both lists); the rest are split into source-only and target-only sentences, which have no
+    translation on the other side. Returns ``(src, tgt, n_gold)``."""
+    rows = [ln.split("\t") for ln in read_lines(pair_file)]
+    bad = [i + 1 for i, r in enumerate(rows) if len(r) < 2]
+    if bad:
+        raise InputError(f"{pair_file} line {bad[0]}: expected two tab-separated columns (src, tgt)")
+    pick = np.random.default_rng(seed).permutation(len(rows))[:n]
+    n_gold = int(round(len(pick) * gold_fraction))
+    half = (len(pick) - n_gold) // 2
+    src = [rows[i][0] for i in pick[:n_gold]] + [rows[i][0] for i in pick[n_gold : n_gold + half]]
+    tgt = [rows[i][1] for i in pick[:n_gold]] + [rows[i][1] for i in pick[n_gold + half :]]
+    return src, tgt, n_gold
 
 
 def calibrate(pair_files: list[str | os.PathLike], model: str | None = None, device: str = "auto",
               precision: str = "auto", k: int = 4, n_per_file: int = 1000, gold_fraction: float = 0.8,
               seed: int = 0, progress: Progress | None = None) -> Calibration:
-    """Choose the model's default mining threshold on a labelled sample (BUCC midpoint rule:
-    the best-F1 cut of ratio-margin ``max`` retrieval, between two candidate scores)."""
+    """Choose the model's default mining threshold on labelled samples (BUCC midpoint rule).
+
+    Each file (one language pair) is mined on its own, as a real mining job would be, with
+    the ratio margin and ``max`` retrieval; the candidates of all files are pooled and the
+    best-F1 cut is placed midway between two candidate scores."""
     from .models.encoder import Encoder
 
-    src, tgt, n_gold = calibration_sample(pair_files, n_per_file, gold_fraction, seed)
     enc = Encoder.load(model, device=device, precision=precision)
-    ks, _ = unify(src)
-    kt, _ = unify(tgt)
-    S = enc.encode([src[i] for i in ks], progress=progress)
-    T = enc.encode([tgt[i] for i in kt], progress=progress)
-    cand = mine(S, T, k=k, margin="ratio", retrieval="max", device=device)
-    correct = (ks[cand.src_idx] == kt[cand.tgt_idx]) & (ks[cand.src_idx] < n_gold)
-    n_gold_unique = int(np.isin(np.arange(n_gold), ks).sum())
-    thr, p, r, f1 = calibrate_threshold(cand.score, correct, n_gold=n_gold_unique)
+    scores, correct, n_gold_all = [], [], 0
+    for f in pair_files:
+        src, tgt, n_gold = calibration_sample(f, n_per_file, gold_fraction, seed)
+        ks, _ = unify(src)
+        kt, _ = unify(tgt)
+        S = enc.encode([src[i] for i in ks], progress=progress)
+        T = enc.encode([tgt[i] for i in kt], progress=progress)
+        cand = mine(S, T, k=k, margin="ratio", retrieval="max", device=device)
+        scores.append(cand.score)
+        correct.append((ks[cand.src_idx] == kt[cand.tgt_idx]) & (ks[cand.src_idx] < n_gold))
+        n_gold_all += int(np.isin(np.arange(n_gold), ks).sum())
+    thr, p, r, f1 = calibrate_threshold(np.concatenate(scores), np.concatenate(correct), n_gold=n_gold_all)
     names = ", ".join(Path(f).parent.name + "/" + Path(f).name for f in pair_files)
-    source = (f"emmax calibrate: BUCC midpoint rule, ratio margin k={k}, {n_gold} gold pairs "
-              f"({gold_fraction:.0%} of sentences) from {names}; P={p:.3f} R={r:.3f} F1={f1:.3f}")
-    return Calibration(thr, p, r, f1, n_gold_unique, len(cand.score), source)
+    source = (f"emmax calibrate: BUCC midpoint rule, ratio margin k={k}, {n_gold_all} gold pairs "
+              f"({gold_fraction:.0%} of sentences, each file mined separately) from {names}; "
+              f"P={p:.3f} R={r:.3f} F1={f1:.3f}")
+    return Calibration(thr, p, r, f1, n_gold_all, int(sum(len(x) for x in scores)), source)
 
 
 def save_threshold(model_dir: str | os.PathLike, cal: Calibration) -> Path:

