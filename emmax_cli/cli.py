@@ -205,7 +205,7 @@ def index(ctx, embeddings, output, factory, add, train_sample, nprobe, device, s
                                       "directions agree; fwd/bwd: one direction; union: both, not 1-to-1 (stopes).")
 @click.option("--threshold", type=float, default=None,
               help="Keep pairs scoring at least this. Default: the model's calibrated threshold, from its "
-                   "emmax.json, set by `emmax calibrate` on labelled train pairs (built-in base model: 0.9969, "
+                   "emmax.json, set by `emmax calibrate` on labelled train pairs (built-in base model: 0.9999, emmax-small: 1.0352; "
                    "see models/README.md). Thresholds depend on the encoder, on k and on how much of the "
                    "input is parallel.")
 @click.option("--no-threshold", is_flag=True, help="Keep every mined pair.")
