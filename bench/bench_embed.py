@@ -52,7 +52,7 @@ def throughput(args) -> None:
     (tmp / "in.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
     rows = []
 
-    enc = Encoder.load(None, device="cpu", precision="fp32")
+    enc = Encoder.load("multilingual-e5-small", device="cpu", precision="fp32")  # the engine's model
     enc.config.prefix = PREFIX
     st_dir = tmp / "st"
     _save_st(enc, st_dir)

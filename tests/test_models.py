@@ -141,7 +141,7 @@ def test_emmax_small_builds_from_its_delta_and_ranks(tmp_path):
     enc, head = load_ranker("emmax-small", device="cpu", precision="fp32")
     assert enc.config.name == "emmax-small" and head.num_ranks == 4
     de, en = read_tatoeba("deu")
-    true = score_pairs(enc, head, de[:100], en[:100])
-    shuffled = score_pairs(enc, head, de[:100], en[100:200])
-    assert true.rank.mean() >= 2.0 and shuffled.rank.mean() <= 0.5
-    assert (true.rank == 3).mean() > 0.5 and (shuffled.rank == 0).mean() > 0.9
+    true = score_pairs(enc, head, de[:500], en[:500])
+    shuffled = score_pairs(enc, head, de[:500], en[500:1000])  # short sentences: a few look related
+    assert true.rank.mean() >= 2.5 and shuffled.rank.mean() <= 0.2
+    assert (true.rank == 3).mean() > 0.9 and (shuffled.rank == 0).mean() > 0.9

@@ -347,6 +347,12 @@ def test_delta_roundtrip(tiny_run, vocab_model, tmp_path):
     mtime = (rm.root / "emmax.json").stat().st_mtime_ns
     assert ensure_materialized(d, tmp_path / "cached", base=vocab_model).root == rm.root
     assert (rm.root / "emmax.json").stat().st_mtime_ns == mtime  # built once
+    head = GMMHead.from_dir(d, dim=32)  # a new head alone (same encoder delta) rebuilds it
+    with torch.no_grad():
+        head.prior_logits += torch.tensor([1.0, 0.0, 0.0, 0.0])
+    head.save(d)
+    rebuilt = ensure_materialized(d, tmp_path / "cached", base=vocab_model)
+    assert torch.allclose(GMMHead.from_dir(rebuilt.root, dim=32).prior_logits, head.prior_logits)
     other = build_tiny_model(tmp_path / "other", seed=1)
     with pytest.raises(ModelLoadError, match="base weights"):
         materialize(d, other, tmp_path / "bad")

@@ -179,13 +179,26 @@ def materialize(delta_dir: str | os.PathLike, base: ResolvedModel | str | os.Pat
     return out
 
 
+def delta_stamp(delta_dir: str | os.PathLike) -> str:
+    """One sha256 over the files that make up a delta (weights, metadata, head, projection)."""
+    import hashlib
+
+    d = Path(delta_dir)
+    h = hashlib.sha256()
+    for f in (DELTA_FILE, META_FILE, *HEAD_FILES, PROJECTION):
+        if (d / f).exists():
+            h.update(f"{f}:{sha256_file(d / f)}\n".encode())
+    return h.hexdigest()
+
+
 def ensure_materialized(delta_dir: str | os.PathLike, out_dir: str | os.PathLike,
                         base: ResolvedModel | str | os.PathLike | None = None) -> ResolvedModel:
     """The full model for ``delta_dir`` at ``out_dir``, built once (again only when the delta
-    changes: its sha256 is stamped into ``emmax.json``). ``base`` defaults to the delta's
-    recorded base name. This is what a built-in name such as ``emmax-small`` resolves to."""
+    changes: the sha256 of its files is stamped into ``emmax.json``, so a new GMM head or
+    threshold alone also rebuilds it). ``base`` defaults to the delta's recorded base name.
+    This is what a built-in name such as ``emmax-small`` resolves to."""
     d, out = Path(delta_dir), Path(out_dir)
-    stamp = sha256_file(d / DELTA_FILE)
+    stamp = delta_stamp(d)
     if (out / "emmax.json").exists():
         cfg = ModelConfig.from_json(out / "emmax.json")
         if cfg.extra.get("delta_sha256") == stamp:

@@ -251,12 +251,15 @@ class GMMHead(nn.Module):
 
 # ---- GMM warm-up by interpolation (§4.1, the emma-gmm phase) ------------------------------------
 def sample_interpolations(q: Tensor, t: Tensor, n: int, num_ranks: int, generator: torch.Generator,
-                          symmetric: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+                          symmetric: bool = True, golden: float = 0.0) -> tuple[Tensor, Tensor, Tensor]:
     """Pseudo-pairs at a known distance from the translation (§4.1 emmax choice).
 
     For random rows b, random other rows j != b and lambda ~ U(0, 1):
     y~ = lambda t_b + (1 - lambda) t_j and z = q_b - y~, labelled by the fixed lambda bucket.
     With ``symmetric`` half the samples swap the roles of the two sides (z(x, y) = -z(y, x)).
+    A share ``golden`` of the samples are the translation pairs themselves (lambda = 1, rank
+    N-1), as the reference warm-up overwrites its golden pairs with N-1 (§4.1, L675-677):
+    with lambda ~ U(0, 1) alone a real translation only ever lies at the edge of the top bucket.
 
     Args:
         q, t: (m, d) translation pairs (row i of t translates row i of q), m >= 2.
@@ -267,6 +270,8 @@ def sample_interpolations(q: Tensor, t: Tensor, n: int, num_ranks: int, generato
     b = torch.randint(m, (n,), generator=generator)
     j = (b + 1 + torch.randint(m - 1, (n,), generator=generator)) % m  # any row but b
     lam = torch.rand(n, generator=generator)
+    if golden > 0:
+        lam = torch.where(torch.rand(n, generator=generator) < golden, torch.ones_like(lam), lam)
     qb, tb, tj = q[b], t[b], t[j]
     if symmetric:  # half the rows query from the other side
         flip = (torch.rand(n, generator=generator) < 0.5)[:, None]
@@ -281,7 +286,7 @@ def sample_interpolations(q: Tensor, t: Tensor, n: int, num_ranks: int, generato
 def fit_gmm_interpolation(q_emb, t_emb, num_ranks: int = 4, steps: int = 200, lr: float = 3e-3,
                           batch_pairs: int = 2048, val_fraction: float = 0.1, eval_every: int = 10,
                           patience: int = 5, symmetric: bool = True, seed: int = 0,
-                          rank_names: Sequence[str] | None = None) -> GMMHead:
+                          rank_names: Sequence[str] | None = None, golden: float = 0.0) -> GMMHead:
     """Warm up a GMM head on a parallel sample, encoder frozen (the emma-gmm phase, §4.1).
 
     1. Interpolate toward the translation (``sample_interpolations``), labels from fixed uniform
@@ -297,6 +302,7 @@ def fit_gmm_interpolation(q_emb, t_emb, num_ranks: int = 4, steps: int = 200, lr
         val_fraction: rows held out for early stopping (checked every ``eval_every`` steps;
             stop after ``patience`` checks without improvement).
         symmetric: also sample pairs in the reverse order (t as query).
+        golden: share of the samples that are the translation pairs themselves (rank N-1).
         seed: seeds the sampling; the result is deterministic for a seed.
     Returns:
         A ``GMMHead`` in eval mode on the CPU.
@@ -314,9 +320,9 @@ def fit_gmm_interpolation(q_emb, t_emb, num_ranks: int = 4, steps: int = 200, lr
     qv, tv = (q[val], t[val]) if n_val >= 2 else (qt, tt)
 
     head = GMMHead(num_ranks, q.shape[1], rank_names=rank_names)
-    z, y, _ = sample_interpolations(qt, tt, 4 * batch_pairs, num_ranks, g, symmetric)
+    z, y, _ = sample_interpolations(qt, tt, 4 * batch_pairs, num_ranks, g, symmetric, golden)
     head.init_from_data([z[y == c] for c in range(num_ranks)])
-    zv, yv, _ = sample_interpolations(qv, tv, batch_pairs, num_ranks, g, symmetric)
+    zv, yv, _ = sample_interpolations(qv, tv, batch_pairs, num_ranks, g, symmetric, golden)
 
     def val_acc() -> float:
         with torch.no_grad():
@@ -326,7 +332,7 @@ def fit_gmm_interpolation(q_emb, t_emb, num_ranks: int = 4, steps: int = 200, lr
     best, best_state, stale = val_acc(), {k: v.clone() for k, v in head.state_dict().items()}, 0
     log.debug("GMM warm-up: held-out interpolation accuracy %.3f after data init", best)
     for step in range(1, steps + 1):
-        z, y, _ = sample_interpolations(qt, tt, batch_pairs, num_ranks, g, symmetric)
+        z, y, _ = sample_interpolations(qt, tt, batch_pairs, num_ranks, g, symmetric, golden)
         loss = torch.nn.functional.cross_entropy(head.log_joint_z(z), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -344,7 +350,7 @@ def fit_gmm_interpolation(q_emb, t_emb, num_ranks: int = 4, steps: int = 200, lr
                 break
     head.load_state_dict(best_state)
     with torch.no_grad():
-        z, y, cos = sample_interpolations(qt, tt, 4 * batch_pairs, num_ranks, g, symmetric)
+        z, y, cos = sample_interpolations(qt, tt, 4 * batch_pairs, num_ranks, g, symmetric, golden)
         counts = torch.bincount(y, minlength=num_ranks).clamp_min(1)
         head.rank_means.copy_(torch.zeros(num_ranks).index_add_(0, y, cos) / counts)
     log.info("GMM warm-up: held-out interpolation accuracy %.3f", best)

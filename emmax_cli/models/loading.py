@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 BASE_MODEL = "multilingual-e5-small"
 SMALL_MODEL = "emmax-small"  # EMMA-X trained on the base; shipped as a delta in models/emmax-small
-DEFAULT_MODEL = BASE_MODEL
+DEFAULT_MODEL = SMALL_MODEL  # beats the base on Tatoeba and the GMM bar (models/emmax-small/README.md)
 BUILTIN = (BASE_MODEL, SMALL_MODEL)
 MODEL_FORMAT = 1
 # The built-in base is rebuilt when its source file or the converter changes.
@@ -188,8 +188,18 @@ def _builtin(name: str, verify: bool) -> ResolvedModel:
 
 
 def shipped_delta_dir(name: str) -> Path:
-    """Where a model shipped as a delta lives: ``models/<name>`` of the source tree."""
-    return Path(__file__).resolve().parents[2] / "models" / name
+    """Where a model shipped as a delta lives: ``models/<name>`` of the source tree (editable
+    install), else ``<prefix>/share/emmax/models/<name>`` (wheel install, pyproject data-files)."""
+    import sys
+
+    source = Path(__file__).resolve().parents[2] / "models" / name
+    if source.is_dir():
+        return source
+    for prefix in (sys.prefix, sys.base_prefix):
+        installed = Path(prefix) / "share" / "emmax" / "models" / name
+        if installed.is_dir():
+            return installed
+    return source
 
 
 def _shipped(name: str) -> ResolvedModel:
@@ -199,7 +209,7 @@ def _shipped(name: str) -> ResolvedModel:
     d = shipped_delta_dir(name)
     if not (d / DELTA_FILE).exists():
         raise ModelLoadError(f"model {name}: its files are missing from {d}",
-                             hint="install emmax from a source checkout (pip install -e .)")
+                             hint="reinstall emmax (pip install -e . from a source checkout), or pass --model multilingual-e5-small")
     rm = ensure_materialized(d, cache_dir() / "models" / name)
     # like the base's, the threshold is part of the release (delta.json), not of the cache
     shipped = json.loads((d / "delta.json").read_text(encoding="utf-8")).get("model_config", {})

@@ -48,6 +48,7 @@ class PhaseSection:
     gmm_steps: int = 300  # GMM warm-up: Adam steps on interpolations (early stopping)
     gmm_pairs: int = 4096  # parallel pairs encoded (frozen encoder) for the GMM warm-up
     gmm_warmup_lr: float = 1e-2  # Adam lr of the GMM warm-up fit
+    gmm_golden: float = 0.4  # share of warm-up samples that are the translations themselves (rank N-1)
     em_steps: int = 1000  # EM steps (GMM and encoder label each other)
 
 
@@ -133,6 +134,7 @@ class TrainConfig:
             (r.precision in ("auto", "fp32", "bf16", "fp16"), "run.precision: auto, fp32, bf16 or fp16"),
             (self.optim.grad_accum >= 1, "optim.grad_accum must be >= 1"),
             (0 <= self.data.mono_ratio < 1, "data.mono_ratio must be in [0, 1)"),
+            (0 <= self.phases.gmm_golden < 1, "phases.gmm_golden must be in [0, 1)"),
             (self.model.max_length >= 4, "model.max_length must be >= 4"),
             (self.model.train_layers != 0, "model.train_layers: -1 (all) or a positive count"),
         ]

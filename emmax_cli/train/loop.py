@@ -448,7 +448,7 @@ class Trainer:
         q, t = self.embed(xx), self.embed(en)
         q, t = D.all_gather_cat(q), D.all_gather_cat(t)
         self.gmm = fit_gmm_interpolation(q, t, self.N, steps=cfg.phases.gmm_steps, lr=cfg.phases.gmm_warmup_lr,
-                                         seed=cfg.run.seed)
+                                         seed=cfg.run.seed, golden=cfg.phases.gmm_golden)
         with torch.no_grad():
             probs = self.gmm.rank_probs_pairs(q, t)
             shuffled = t[torch.roll(torch.arange(len(t)), 1)]
