@@ -134,7 +134,7 @@ def memory(args) -> None:
     tmp = Path(tempfile.mkdtemp())
     rows = []
     model = args.model
-    label = model or "default (multilingual-e5-small)"
+    label = model or "default (emmax-small)"
     if model == "tiny":
         label = "tiny random (2 layers, hidden 32)"
         from emmax_cli.models.tiny import build_tiny_model
