@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from emmax_cli.mine import mine, mine_from_neighbours  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import cpu_name, git_commit  # noqa: E402
+from common import cpu_name, git_commit, machine  # noqa: E402
 
 
 def make_data(n: int, dim: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -137,9 +137,6 @@ def main() -> int:
     print(f"peak RSS of the process: {peak:.0f} MiB")
     if args.json:
         import json as _json
-
-        sys.path.insert(0, str(Path(__file__).parent))
-        from common import machine
 
         laser_total = laser_knn_s + laser_post_s
         Path(args.json).write_text(_json.dumps({

@@ -628,8 +628,8 @@ def train(ctx, config_path, phase, resume, out, device, seed, overrides, quiet):
 
     Logs every run.log_every steps to <out>/train_log.jsonl (losses, lr, GMM/encoder agreement,
     rank distribution, dev accuracy); checkpoints go to <out>/checkpoints/."""
+    from .train import train as run_training
     from .train.config import load_config
-    from .train.loop import Trainer
 
     extra = list(overrides)
     if out:
@@ -640,7 +640,7 @@ def train(ctx, config_path, phase, resume, out, device, seed, overrides, quiet):
         extra.append(f"run.seed={seed}")
     cfg = load_config(config_path, extra)
     with _train_progress(enabled=not quiet_of(ctx, quiet)) as on_step:
-        results = Trainer(cfg, on_step=on_step).run([phase] if phase else None, resume=resume)
+        results = run_training(cfg, [phase] if phase else None, resume=resume, on_step=on_step)
     for p, rec in results.items():
         log.info("phase %s done: model in %s/%s (%s)", p, cfg.run.out, p,
                  ", ".join(f"{k} {v:.4g}" for k, v in rec.items() if isinstance(v, float)))

@@ -210,12 +210,9 @@ def _shipped(name: str) -> ResolvedModel:
     if not (d / DELTA_FILE).exists():
         raise ModelLoadError(f"model {name}: its files are missing from {d}",
                              hint="reinstall emmax (pip install -e . from a source checkout), or pass --model multilingual-e5-small")
-    rm = ensure_materialized(d, cache_dir() / "models" / name)
-    # like the base's, the threshold is part of the release (delta.json), not of the cache
-    shipped = json.loads((d / "delta.json").read_text(encoding="utf-8")).get("model_config", {})
-    rm.config.mine_threshold = shipped.get("mine_threshold", rm.config.mine_threshold)
-    rm.config.mine_threshold_source = shipped.get("mine_threshold_source", rm.config.mine_threshold_source)
-    return rm
+    # rebuilt whenever any shipped file changes (delta.json included), so the cached emmax.json
+    # carries the release's threshold
+    return ensure_materialized(d, cache_dir() / "models" / name)
 
 
 def _build_base(root: Path, src: Path, stamp: str) -> None:

@@ -21,11 +21,12 @@ def __getattr__(name: str):
 
 
 def train(config: str | os.PathLike | Any, phases: list[str] | None = None, resume: bool = False,
-          overrides: list[str] | tuple[str, ...] = ()) -> dict[str, dict]:
+          overrides: list[str] | tuple[str, ...] = (), on_step=None) -> dict[str, dict]:
     """Run the phases of a training config (a TOML path or a ``TrainConfig``); returns the
-    last log record of each phase. The library function behind ``emmax train``."""
+    last log record of each phase. ``on_step(phase, step, total, record)`` is called after
+    every step (rank zero). The library function behind ``emmax train``."""
     from .config import TrainConfig, load_config
     from .loop import Trainer
 
     cfg = config if isinstance(config, TrainConfig) else load_config(config, overrides)
-    return Trainer(cfg).run(phases, resume=resume)
+    return Trainer(cfg, on_step=on_step).run(phases, resume=resume)
