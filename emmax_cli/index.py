@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from .device import faiss_gpu_device
 from .errors import EmmaxError, IndexError_, InputError
 from .io.atomic import atomic_output, check_output
 from .io.parquet import EmbeddingFile, iter_embeddings, open_embeddings
@@ -70,34 +71,6 @@ def choose_factory(n: int, dim: int) -> str:
     nlist = next(lists for above, lists in _STOPES_TIERS if n > above)
     m = _pq_m(dim)
     return f"OPQ{m},IVF{nlist},PQ{m}"
-
-
-def faiss_gpu_device(device: str) -> int | None:
-    """Map ``auto|cpu|cuda|cuda:N`` to a faiss GPU number, or None for CPU.
-
-    Raises:
-        EmmaxError: a GPU was asked for but faiss has no GPU support or no such GPU.
-    """
-    import faiss
-
-    dev = device.strip().lower()
-    n_gpus = faiss.get_num_gpus() if hasattr(faiss, "StandardGpuResources") else 0
-    if dev == "cpu":
-        return None
-    if dev == "auto":
-        return 0 if n_gpus else None
-    if dev == "cuda" or dev.startswith("cuda:"):
-        num = dev.partition(":")[2] or "0"
-        if not num.isdigit():
-            raise EmmaxError(f"unknown device {device!r}", hint="use auto, cpu, cuda or cuda:N")
-        if not n_gpus:
-            raise EmmaxError(
-                f"device {device!r}: this faiss build has no GPU support",
-                hint="install faiss-gpu (pip install 'emmax[gpu]') or use --device cpu")
-        if int(num) >= n_gpus:
-            raise EmmaxError(f"device {device!r}: faiss sees only {n_gpus} GPU(s)")
-        return int(num)
-    raise EmmaxError(f"unknown device {device!r}", hint="use auto, cpu, cuda or cuda:N")
 
 
 @dataclass

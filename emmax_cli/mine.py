@@ -155,7 +155,7 @@ def _flat_search_fn(device: str) -> Callable[[np.ndarray, np.ndarray, int], tupl
     """``search(q, b, k) -> (D, I)`` exact inner-product top-k on CPU or one GPU."""
     import faiss
 
-    from .index import faiss_gpu_device
+    from .device import faiss_gpu_device
 
     gpu = faiss_gpu_device(device)
     if gpu is None:

@@ -203,7 +203,7 @@ def test_missing_or_inconsistent_sidecars(tmp_path, vectors):
 
 def test_device_mapping_without_gpu_faiss():
     from emmax_cli.errors import EmmaxError
-    from emmax_cli.index import faiss_gpu_device
+    from emmax_cli.device import faiss_gpu_device
 
     if hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus():
         pytest.skip("faiss sees a GPU")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -12,35 +11,13 @@ import numpy as np
 
 from ..console import Progress, null_progress
 from ..errors import EmmaxError, ModelLoadError
+from ..device import autocast, pick_precision, resolve_device
 from .loading import DEFAULT_MODEL, ModelConfig, ResolvedModel, resolve
 from .pooling import pool
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEFAULT_BATCH_TOKENS = 8192
-
-
-def resolve_device(device: str = "auto") -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise EmmaxError(f"--device {device}: CUDA is not available here", hint="use --device cpu or auto")
-    if device != "cpu" and not device.startswith("cuda"):
-        raise EmmaxError(f"unknown device {device!r}", hint="use auto, cpu, cuda or cuda:N")
-    return device
-
-
-def cpu_has_bf16() -> bool:
-    """True where the CPU computes bf16 natively (AVX-512 BF16 or AMX): there bf16 autocast
-    is ~1.5x faster than fp32 with embeddings at cosine >= 0.9999 to fp32 (bench/)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return " avx512_bf16" in flags or " amx_bf16" in flags
 
 
 def load_tokenizer(encoder_dir: Path, max_length: int):
@@ -77,7 +54,7 @@ class Encoder:
         self.config = config
         self.device = device
         self.root = root
-        self.precision = self._pick_precision(precision)
+        self.precision = pick_precision(precision, device)
         pad = tokenizer.token_to_id("<pad>")
         self.pad_id = pad if pad is not None else (tokenizer.token_to_id("[PAD]") or 0)
 
@@ -114,15 +91,6 @@ class Encoder:
         _ = torch
         return cls(model, tok, cfg, device=dev, precision=precision, root=rm.root)
 
-    def _pick_precision(self, precision: str) -> str:
-        if precision not in PRECISIONS:
-            raise EmmaxError(f"unknown precision {precision!r}", hint=f"use one of {', '.join(PRECISIONS)}")
-        if precision == "auto":
-            return "bf16" if self.device.startswith("cuda") or cpu_has_bf16() else "fp32"
-        if precision == "fp16" and not self.device.startswith("cuda"):
-            raise EmmaxError("fp16 needs a CUDA device", hint="use --precision bf16 or fp32 on CPU")
-        return precision
-
     # ---- properties ---------------------------------------------------------------------
     @property
     def dim(self) -> int:
@@ -143,12 +111,7 @@ class Encoder:
         return [e.ids for e in encs]
 
     def _autocast(self):
-        import torch
-
-        if self.precision == "fp32":
-            return nullcontext()
-        dt = torch.bfloat16 if self.precision == "bf16" else torch.float16
-        return torch.autocast(device_type="cuda" if self.device.startswith("cuda") else "cpu", dtype=dt)
+        return autocast(self.device, self.precision)
 
     def _batches(self, lengths: np.ndarray, batch_tokens: int, batch_size: int | None) -> list[np.ndarray]:
         """Cut indices sorted by descending length into batches (padded tokens <= budget)."""

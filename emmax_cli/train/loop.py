@@ -33,14 +33,14 @@ import os
 import random
 import shutil
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 
-from ..errors import ConfigError
+from ..device import autocast, pick_precision, resolve_device
+from ..errors import ConfigError, EmmaxError
 from . import distributed as D
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import PHASES, TrainConfig, config_from_dict, dump_toml
@@ -105,25 +105,18 @@ class Trainer:
 
     # ---- setup ------------------------------------------------------------------------------
     def _resolve_device(self) -> None:
-        from ..models.encoder import cpu_has_bf16, resolve_device
-
         self.dist = D.setup(resolve_device(self.cfg.run.device))
         self.device = D.device_for(self.dist, resolve_device(self.cfg.run.device))
-        prec, cuda = self.cfg.run.precision, self.device.startswith("cuda")
-        if prec == "fp16" and not cuda:
-            raise ConfigError("run.precision = fp16 needs CUDA", hint="use bf16 or fp32 on CPU")
-        if prec == "auto":  # bf16 where the hardware has it (bench/bench_train.py)
-            prec = "bf16" if (cuda and torch.cuda.is_bf16_supported()) or (not cuda and cpu_has_bf16()) else "fp32"
-        self.precision = prec
+        try:
+            self.precision = pick_precision(self.cfg.run.precision, self.device)
+        except EmmaxError as e:
+            raise ConfigError(f"run.precision = {self.cfg.run.precision}: {e.message}", hint=e.hint) from None
         if self.cfg.run.threads:
             self._prev_threads = torch.get_num_threads()  # restored by cleanup()
             torch.set_num_threads(self.cfg.run.threads)
 
     def _autocast(self):
-        if self.precision == "fp32":
-            return nullcontext()
-        dt = torch.bfloat16 if self.precision == "bf16" else torch.float16
-        return torch.autocast(device_type="cuda" if self.device.startswith("cuda") else "cpu", dtype=dt)
+        return autocast(self.device, self.precision)
 
     def _start_model(self, phase: str) -> Path | str:
         """Where a phase starts: the base (ctl), else the previous phase's export."""
