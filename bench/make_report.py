@@ -24,6 +24,7 @@ Quality results (``docs/*.json`` written by ``emmax eval ... --json``): Tatoeba 
 ``docs/base-tatoeba-emmax.json`` and a trained model), with the published base-model figures
 (``../shared/docs/base-tatoeba.json``) as reference; BUCC, xsim and geometry files get a
 summary table each."""
+
 from __future__ import annotations
 
 import argparse
@@ -49,8 +50,10 @@ def cell(v: Any) -> str:
 
 
 def table(columns: list[Any], rows: list[list[Any]]) -> str:
-    out = ["| " + " | ".join(cell(c) for c in columns) + " |",
-           "| " + " | ".join("---" for _ in columns) + " |"]
+    out = [
+        "| " + " | ".join(cell(c) for c in columns) + " |",
+        "| " + " | ".join("---" for _ in columns) + " |",
+    ]
     out += ["| " + " | ".join(cell(c) for c in r) + " |" for r in rows]
     return "\n".join(out)
 
@@ -66,7 +69,11 @@ def _load(path: Path) -> tuple[Any, str | None]:
 def render_bench(path: Path) -> str:
     d, err = _load(path)
     if err is None:
-        missing = [k for k in ("title", "machine", "columns", "rows") if not isinstance(d, dict) or k not in d]
+        missing = [
+            k
+            for k in ("title", "machine", "columns", "rows")
+            if not isinstance(d, dict) or k not in d
+        ]
         if missing:
             err = f"missing keys: {', '.join(missing)}"
     if err:
@@ -118,8 +125,9 @@ def render_tatoeba(files: list[tuple[str, dict]], reference: dict | None) -> str
     avg_keys = []
     for _, d in files:
         avg_keys += [k for k in d.get("averages", {}) if k not in avg_keys]
-    if "xtreme36" in avg_keys and all(d.get("averages", {}).get("all", {}).get("n_langs") == 36
-                                      for _, d in files):
+    if "xtreme36" in avg_keys and all(
+        d.get("averages", {}).get("all", {}).get("n_langs") == 36 for _, d in files
+    ):
         avg_keys.remove("all")  # the same 36 languages: one row is enough
     for key in avg_keys:
         label = next(d["averages"][key]["label"] for _, d in files if key in d.get("averages", {}))
@@ -130,8 +138,10 @@ def render_tatoeba(files: list[tuple[str, dict]], reference: dict | None) -> str
         if reference:
             sel = [lg for lg in langs if lg in reference]
             if sel and len(sel) == len(langs):
-                r += [_pct(sum(reference[x]["xx2eng"] for x in sel) / len(sel)),
-                      _pct(sum(reference[x]["eng2xx"] for x in sel) / len(sel))]
+                r += [
+                    _pct(sum(reference[x]["xx2eng"] for x in sel) / len(sel)),
+                    _pct(sum(reference[x]["eng2xx"] for x in sel) / len(sel)),
+                ]
             else:
                 r += ["-", "-"]
         rows.append(r)
@@ -145,65 +155,148 @@ def render_tatoeba(files: list[tuple[str, dict]], reference: dict | None) -> str
         worst = []
         for key, arrow in (("xx2eng", "xx→eng"), ("eng2xx", "eng→xx")):
             lg = max(common, key=lambda x: abs(d["languages"][x][key] - reference[x][key]))
-            worst.append(f"{arrow} {100 * abs(d['languages'][lg][key] - reference[lg][key]):.2f} ({lg})")
-        diffs.append(f"`docs/{name}` vs the published base figures, largest |difference| in points over "
-                     f"{len(common)} languages: " + ", ".join(worst) + ".")
+            worst.append(
+                f"{arrow} {100 * abs(d['languages'][lg][key] - reference[lg][key]):.2f} ({lg})"
+            )
+        diffs.append(
+            f"`docs/{name}` vs the published base figures, largest |difference| in points over "
+            f"{len(common)} languages: " + ", ".join(worst) + "."
+        )
     srcs = ", ".join(f"`docs/{n}`" for n, _ in files)
-    parts = ["## Tatoeba accuracy (%)", "",
-             ("LASER/XTREME protocol: exact nearest neighbour over the n aligned lines, index-based "
-              "(`emmax eval tatoeba`, fp32). Averages are unweighted means over languages."), "",
-             table(cols, rows), ""] + [x + "\n" for x in diffs] + [f"Sources: {srcs}"]
+    parts = (
+        [
+            "## Tatoeba accuracy (%)",
+            "",
+            (
+                "LASER/XTREME protocol: exact nearest neighbour over the n aligned lines, index-based "
+                "(`emmax eval tatoeba`, fp32). Averages are unweighted means over languages."
+            ),
+            "",
+            table(cols, rows),
+            "",
+        ]
+        + [x + "\n" for x in diffs]
+        + [f"Sources: {srcs}"]
+    )
     if reference:
-        parts[-1] += ("; published base-model figures: `../shared/docs/base-tatoeba.json` "
-                      "(default-base-model.md §7, converted model, no prefix)")
+        parts[-1] += (
+            "; published base-model figures: `../shared/docs/base-tatoeba.json` "
+            "(default-base-model.md §7, converted model, no prefix)"
+        )
     return "\n".join(parts) + "\n"
 
 
 def render_bucc(name: str, d: dict) -> str:
-    rows = [[p, f"{x['threshold']:.4f}", f"{x['tune_split']} → {x['test_split']}", _pct(x["tune_f1"]),
-             _pct(x["precision"]), _pct(x["recall"]), _pct(x["f1"])] for p, x in d["pairs"].items()]
-    return "\n".join([f"## BUCC 2018 (%), {_model_label(d, name)}", "", d.get("protocol", ""), "",
-                      table(["pair", "threshold", "tuned → scored", "tune F1", "P", "R", "F1"], rows), "",
-                      f"Source: `docs/{name}`", ""])
+    rows = [
+        [
+            p,
+            f"{x['threshold']:.4f}",
+            f"{x['tune_split']} → {x['test_split']}",
+            _pct(x["tune_f1"]),
+            _pct(x["precision"]),
+            _pct(x["recall"]),
+            _pct(x["f1"]),
+        ]
+        for p, x in d["pairs"].items()
+    ]
+    return "\n".join(
+        [
+            f"## BUCC 2018 (%), {_model_label(d, name)}",
+            "",
+            d.get("protocol", ""),
+            "",
+            table(["pair", "threshold", "tuned → scored", "tune F1", "P", "R", "F1"], rows),
+            "",
+            f"Source: `docs/{name}`",
+            "",
+        ]
+    )
 
 
 def render_xsim(name: str, d: dict) -> str:
-    rows = [[lg, f"{v['as_source']:.2f}", f"{v['as_target']:.2f}"] for lg, v in d["per_lang"].items()]
+    rows = [
+        [lg, f"{v['as_source']:.2f}", f"{v['as_target']:.2f}"] for lg, v in d["per_lang"].items()
+    ]
     rows.append(["**average**", f"{d['average']:.2f}", f"{d['average']:.2f}"])
     m = d.get("margin", "cosine")
-    return "\n".join([f"## xsim error (%), {_model_label(d, name)}", "",
-                      (f"{len(d['langs'])} languages, n = {d['n']}, margin {m}"
-                       f"{'' if m == 'cosine' else ', k = ' + str(d.get('k'))}; mean error of each language "
-                       f"as source and as target (text-based average {d['average_text']:.2f})."), "",
-                      table(["lang", "as source", "as target"], rows), "", f"Source: `docs/{name}`", ""])
+    return "\n".join(
+        [
+            f"## xsim error (%), {_model_label(d, name)}",
+            "",
+            (
+                f"{len(d['langs'])} languages, n = {d['n']}, margin {m}"
+                f"{'' if m == 'cosine' else ', k = ' + str(d.get('k'))}; mean error of each language "
+                f"as source and as target (text-based average {d['average_text']:.2f})."
+            ),
+            "",
+            table(["lang", "as source", "as target"], rows),
+            "",
+            f"Source: `docs/{name}`",
+            "",
+        ]
+    )
 
 
 def render_geometry(name: str, d: dict) -> str:
     iv, cf, iso = d["invariance"], d["canonical_form"], d["isotropy"]
     pr = cf["lang_probe"]
-    rows = [["invariance", "mean cosine of translations", f"{iv['translation_cosine']:.4f}"],
-            ["invariance", "mean cosine of random cross-lingual pairs", f"{iv['random_crosslingual_cosine']:.4f}"],
-            ["invariance", f"xsim error, {iv.get('xsim_margin', '')} (%)", f"{iv['xsim_error']:.2f}"],
-            ["canonical form", f"language-ID probe accuracy (chance {pr['chance']:.3f})",
-             f"{pr['test_accuracy']:.4f}"],
-            ["canonical form", "Calinski–Harabasz by meaning", f"{cf['ch_by_meaning']:.2f}"],
-            ["canonical form", "Calinski–Harabasz by language", f"{cf['ch_by_language']:.2f}"],
-            ["isotropy", "partition ratio min Z(u) / max Z(u), u: eigenvectors of VᵀV",
-             f"{iso['partition_ratio']:.4g}"],
-            ["isotropy", "partition ratio, u: eigenvectors of the covariance",
-             "-" if iso.get("partition_ratio_cov") is None else f"{iso['partition_ratio_cov']:.4g}"],
-            ["isotropy", "mean cosine of random pairs", f"{iso['random_pair_cosine']:.4f}"]]
-    return "\n".join([f"## Geometry, {_model_label(d, name)}", "",
-                      (f"{len(d['langs'])} languages ({', '.join(d['langs'])}) × {d['n']} sentences; "
-                       "definitions in `docs/eval.md`."), "",
-                      table(["property", "metric", "value"], rows), "", f"Source: `docs/{name}`", ""])
+    rows = [
+        ["invariance", "mean cosine of translations", f"{iv['translation_cosine']:.4f}"],
+        [
+            "invariance",
+            "mean cosine of random cross-lingual pairs",
+            f"{iv['random_crosslingual_cosine']:.4f}",
+        ],
+        ["invariance", f"xsim error, {iv.get('xsim_margin', '')} (%)", f"{iv['xsim_error']:.2f}"],
+        [
+            "canonical form",
+            f"language-ID probe accuracy (chance {pr['chance']:.3f})",
+            f"{pr['test_accuracy']:.4f}",
+        ],
+        ["canonical form", "Calinski–Harabasz by meaning", f"{cf['ch_by_meaning']:.2f}"],
+        ["canonical form", "Calinski–Harabasz by language", f"{cf['ch_by_language']:.2f}"],
+        [
+            "isotropy",
+            "partition ratio min Z(u) / max Z(u), u: eigenvectors of VᵀV",
+            f"{iso['partition_ratio']:.4g}",
+        ],
+        [
+            "isotropy",
+            "partition ratio, u: eigenvectors of the covariance",
+            "-" if iso.get("partition_ratio_cov") is None else f"{iso['partition_ratio_cov']:.4g}",
+        ],
+        ["isotropy", "mean cosine of random pairs", f"{iso['random_pair_cosine']:.4f}"],
+    ]
+    return "\n".join(
+        [
+            f"## Geometry, {_model_label(d, name)}",
+            "",
+            (
+                f"{len(d['langs'])} languages ({', '.join(d['langs'])}) × {d['n']} sentences; "
+                "definitions in `docs/eval.md`."
+            ),
+            "",
+            table(["property", "metric", "value"], rows),
+            "",
+            f"Source: `docs/{name}`",
+            "",
+        ]
+    )
 
 
 def render(results_dir: Path, docs_dir: Path, reference: Path | None = DEFAULT_REFERENCE) -> str:
-    parts = [HEADER, "", "# Benchmarks", "",
-             ("Speed tables come from `bench/results/*.json` (each bench script's `--json` output), "
-              "quality tables from `docs/*.json` (`emmax eval ... --json`). Regenerate with "
-              "`python bench/make_report.py`."), ""]
+    parts = [
+        HEADER,
+        "",
+        "# Benchmarks",
+        "",
+        (
+            "Speed tables come from `bench/results/*.json` (each bench script's `--json` output), "
+            "quality tables from `docs/*.json` (`emmax eval ... --json`). Regenerate with "
+            "`python bench/make_report.py`."
+        ),
+        "",
+    ]
     bench = sorted(Path(results_dir).glob("*.json")) if Path(results_dir).is_dir() else []
     parts += ["# Speed", ""]
     parts += [render_bench(p) for p in bench] or ["*No results in `bench/results/` yet.*", ""]
@@ -211,7 +304,11 @@ def render(results_dir: Path, docs_dir: Path, reference: Path | None = DEFAULT_R
     quality: dict[str, list[tuple[str, dict]]] = {}
     for p in sorted(Path(docs_dir).glob("*.json")) if Path(docs_dir).is_dir() else []:
         d, err = _load(p)
-        if err is None and isinstance(d, dict) and d.get("task") in ("tatoeba", "bucc2018", "xsim", "geometry"):
+        if (
+            err is None
+            and isinstance(d, dict)
+            and d.get("task") in ("tatoeba", "bucc2018", "xsim", "geometry")
+        ):
             quality.setdefault(d["task"], []).append((p.name, d))
         elif err is None and isinstance(d, dict) and "matrix" in d and "per_lang" in d:
             quality.setdefault("xsim", []).append((p.name, d))
@@ -236,8 +333,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--results", type=Path, default=REPO / "bench" / "results")
     ap.add_argument("--docs", type=Path, default=REPO / "docs")
-    ap.add_argument("--reference", type=Path, default=DEFAULT_REFERENCE,
-                    help="published base-model Tatoeba figures (skipped if absent)")
+    ap.add_argument(
+        "--reference",
+        type=Path,
+        default=DEFAULT_REFERENCE,
+        help="published base-model Tatoeba figures (skipped if absent)",
+    )
     ap.add_argument("-o", "--output", type=Path, default=REPO / "docs" / "benchmarks.md")
     ap.add_argument("--check", action="store_true", help="exit 1 if the output is out of date")
     a = ap.parse_args(argv)

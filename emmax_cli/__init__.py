@@ -2,6 +2,7 @@
 
 The public API is re-exported lazily so that ``import emmax_cli`` (and ``emmax --help``) stays
 fast; torch, transformers and faiss load on first use."""
+
 from __future__ import annotations
 
 __version__ = "0.1.0"

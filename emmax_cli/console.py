@@ -1,11 +1,12 @@
 """stderr console, progress reporting and logging setup. Library code never prints: it logs,
 and reports progress through an optional callable ``progress(n)``."""
+
 from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator
 
 Progress = Callable[[int], None]
 
@@ -44,10 +45,12 @@ def progress_bar(
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
-        Progress as RichProgress,
         TextColumn,
         TimeElapsedColumn,
         TimeRemainingColumn,
+    )
+    from rich.progress import (
+        Progress as RichProgress,
     )
 
     cols = [

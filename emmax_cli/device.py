@@ -5,6 +5,7 @@
 it, and on CPUs with AVX-512 BF16 or AMX. On AVX2-only CPUs bf16 is emulated and ~7x slower
 than fp32 (docs/benchmarks.md), so ``auto`` stays fp32 there. Benchmarks report the same
 features (``cpu_info()``), so every figure names the CPU it was measured on."""
+
 from __future__ import annotations
 
 import functools
@@ -85,10 +86,14 @@ def resolve_device(device: str = "auto") -> str:
         return dev
     if dev == "cuda" or (dev.startswith("cuda:") and dev[5:].isdigit()):
         if not torch.cuda.is_available():
-            raise EmmaxError(f"--device {device}: CUDA is not available here", hint="use --device cpu or auto")
+            raise EmmaxError(
+                f"--device {device}: CUDA is not available here", hint="use --device cpu or auto"
+            )
         if dev != "cuda" and int(dev[5:]) >= torch.cuda.device_count():
-            raise EmmaxError(f"--device {device}: torch sees only {torch.cuda.device_count()} GPU(s)",
-                             hint="use --device cuda:0 or auto")
+            raise EmmaxError(
+                f"--device {device}: torch sees only {torch.cuda.device_count()} GPU(s)",
+                hint="use --device cuda:0 or auto",
+            )
         return dev
     raise EmmaxError(f"unknown device {device!r}", hint="use auto, cpu, cuda or cuda:N")
 
@@ -108,7 +113,9 @@ def pick_precision(precision: str, device: str) -> str:
         EmmaxError: unknown precision, or fp16 on CPU.
     """
     if precision not in PRECISIONS:
-        raise EmmaxError(f"unknown precision {precision!r}", hint=f"use one of {', '.join(PRECISIONS)}")
+        raise EmmaxError(
+            f"unknown precision {precision!r}", hint=f"use one of {', '.join(PRECISIONS)}"
+        )
     cuda = device.startswith("cuda")
     if precision == "auto":
         if cuda:
@@ -152,7 +159,8 @@ def faiss_gpu_device(device: str) -> int | None:
         if not n_gpus:
             raise EmmaxError(
                 f"device {device!r}: this faiss build has no GPU support",
-                hint="install faiss-gpu (pip install 'emmax[gpu]') or use --device cpu")
+                hint="install faiss-gpu (pip install 'emmax[gpu]') or use --device cpu",
+            )
         if int(num) >= n_gpus:
             raise EmmaxError(f"device {device!r}: faiss sees only {n_gpus} GPU(s)")
         return int(num)

@@ -5,6 +5,7 @@ by a token budget, embedded and written as one row group, in input order. The ou
 atomically. Finished windows are kept in a hidden ``.<output>.partial/`` folder while the run
 is under way, so an interrupted run can be continued with ``resume=True``; a completed or
 restarted run removes it."""
+
 from __future__ import annotations
 
 import json
@@ -69,26 +70,42 @@ def embed_file(
     progress = progress or null_progress
     out = Path(output)
     if resume and str(input) == "-":
-        raise InputError("--resume cannot continue from stdin", hint="embed a file to be able to resume")
+        raise InputError(
+            "--resume cannot continue from stdin", hint="embed a file to be able to resume"
+        )
     check_output(out, force=force)
     partial = out.with_name(f".{out.name}.partial")
-    state = {"input": _fingerprint(input), "model_checksum": encoder.config.checksum,
-             "precision": encoder.precision, "lang": lang, "with_text": with_text, "dtype": dtype,
-             "chunk_lines": chunk_lines, "on_bad_line": on_bad_line, "encoding": encoding}
+    state = {
+        "input": _fingerprint(input),
+        "model_checksum": encoder.config.checksum,
+        "precision": encoder.precision,
+        "lang": lang,
+        "with_text": with_text,
+        "dtype": dtype,
+        "chunk_lines": chunk_lines,
+        "on_bad_line": on_bad_line,
+        "encoding": encoding,
+    }
     done = _prepare_partial(partial, state, resume)
     meta = {**encoder.meta, "lang": lang, "source": display_name(input)}
     stats = ReadStats()
     chunk_no = 0
-    for ids, texts in read_chunks(input, chunk_lines=chunk_lines, on_bad_line=on_bad_line,
-                                  encoding=encoding, stats=stats):
+    for ids, texts in read_chunks(
+        input, chunk_lines=chunk_lines, on_bad_line=on_bad_line, encoding=encoding, stats=stats
+    ):
         piece = partial / f"{chunk_no:08d}.parquet"
         if chunk_no < done:
             progress(len(ids))  # finished in the interrupted run
         else:
-            emb = encoder.encode(texts, batch_tokens=batch_tokens, batch_size=batch_size, progress=progress)
-            with atomic_output(piece) as tmp, EmbeddingWriter(
-                tmp, encoder.dim, meta=meta, dtype=dtype, with_text=with_text, lang=lang
-            ) as w:
+            emb = encoder.encode(
+                texts, batch_tokens=batch_tokens, batch_size=batch_size, progress=progress
+            )
+            with (
+                atomic_output(piece) as tmp,
+                EmbeddingWriter(
+                    tmp, encoder.dim, meta=meta, dtype=dtype, with_text=with_text, lang=lang
+                ) as w,
+            ):
                 w.write(ids, emb, texts if with_text else None)
             del emb
             _release_memory()
@@ -118,8 +135,10 @@ def _prepare_partial(partial: Path, state: dict, resume: bool) -> int:
         old = json.loads(sfile.read_text())
         if old != state:
             changed = sorted(k for k in state if old.get(k) != state[k])
-            raise InputError(f"cannot resume: {', '.join(changed)} changed since the interrupted run",
-                             hint="run again without --resume to start over")
+            raise InputError(
+                f"cannot resume: {', '.join(changed)} changed since the interrupted run",
+                hint="run again without --resume to start over",
+            )
         n = 0
         while (partial / f"{n:08d}.parquet").exists():
             n += 1
@@ -133,15 +152,30 @@ def _prepare_partial(partial: Path, state: dict, resume: bool) -> int:
     return 0
 
 
-def _merge(partial: Path, n_chunks: int, out: Path, dim: int, meta: dict, dtype: str,
-           with_text: bool, lang: str | None, skipped: list[int]) -> int:
+def _merge(
+    partial: Path,
+    n_chunks: int,
+    out: Path,
+    dim: int,
+    meta: dict,
+    dtype: str,
+    with_text: bool,
+    lang: str | None,
+    skipped: list[int],
+) -> int:
     """Concatenate the chunk files (one row group each) into the output, atomically."""
     import pyarrow.parquet as pq
 
     rows = 0
     with atomic_output(out) as tmp:
-        w = EmbeddingWriter(tmp, dim, meta={**meta, "skipped_lines": len(skipped)}, dtype=dtype,
-                            with_text=with_text, lang=lang)
+        w = EmbeddingWriter(
+            tmp,
+            dim,
+            meta={**meta, "skipped_lines": len(skipped)},
+            dtype=dtype,
+            with_text=with_text,
+            lang=lang,
+        )
         try:
             for i in range(n_chunks):
                 rows += w.write_table(pq.read_table(partial / f"{i:08d}.parquet"))

@@ -1,4 +1,5 @@
 """Errors raised by the library. The CLI turns them into one line on stderr and exit code 1."""
+
 from __future__ import annotations
 
 

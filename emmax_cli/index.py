@@ -11,6 +11,7 @@ An index ``X.faiss`` always comes with two sidecars, all written atomically:
 
 Vectors are L2-normalised and searched by inner product (= cosine).
 """
+
 from __future__ import annotations
 
 import json
@@ -24,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from .device import faiss_gpu_device
-from .errors import EmmaxError, IndexError_, InputError
+from .errors import IndexError_, InputError
 from .io.atomic import atomic_output, check_output
 from .io.parquet import EmbeddingFile, iter_embeddings, open_embeddings
 
@@ -131,12 +132,16 @@ def _scan_sources(
     key, model = _model_key(model_meta)
     for f in files:
         if f.dim != dim:
-            raise InputError(f"{f.path}: embeddings have dimension {f.dim}, but {ref} has {dim}",
-                             hint="index embeddings of one model only")
+            raise InputError(
+                f"{f.path}: embeddings have dimension {f.dim}, but {ref} has {dim}",
+                hint="index embeddings of one model only",
+            )
         if f.meta.get(key) != model:
-            raise InputError(f"{f.path}: embeddings come from another model ({key} "
-                             f"{f.meta.get(key)!r}, but {ref} has {model!r})",
-                             hint="index embeddings of one model only")
+            raise InputError(
+                f"{f.path}: embeddings come from another model ({key} "
+                f"{f.meta.get(key)!r}, but {ref} has {model!r})",
+                hint="index embeddings of one model only",
+            )
     return files
 
 
@@ -150,9 +155,10 @@ def _new_index(factory: str, dim: int) -> Any:
     try:
         return faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as e:
-        raise InputError(f"invalid FAISS factory string {factory!r} for dimension {dim} "
-                         f"({_faiss_message(e)})",
-                         hint="try 'auto', 'Flat' or e.g. 'IVF1024,PQ64' (PQ m must divide dim)")
+        raise InputError(
+            f"invalid FAISS factory string {factory!r} for dimension {dim} ({_faiss_message(e)})",
+            hint="try 'auto', 'Flat' or e.g. 'IVF1024,PQ64' (PQ m must divide dim)",
+        )
 
 
 def _faiss_message(e: Exception) -> str:
@@ -199,8 +205,9 @@ def _normalised(emb: np.ndarray) -> np.ndarray:
     return x
 
 
-def _sample_rows(files: list[EmbeddingFile], n: int, size: int, seed: int,
-                 chunk_rows: int) -> np.ndarray:
+def _sample_rows(
+    files: list[EmbeddingFile], n: int, size: int, seed: int, chunk_rows: int
+) -> np.ndarray:
     """(size, dim) float32 normalised rows drawn uniformly without replacement, streaming."""
     rows = np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
     out = np.empty((size, files[0].dim), np.float32)
@@ -225,14 +232,17 @@ def _train_rows(index: Any, n: int, train_sample: int | None) -> int:
     size = train_sample if train_sample is not None else min(MAX_TRAIN_ROWS, 256 * max(nlist, 256))
     size = min(int(size), n)
     if size < max(nlist, 1):
-        raise InputError(f"{n} vectors are too few to train an index with {nlist} lists"
-                         f" (training sample: {size})",
-                         hint="use --index Flat or a smaller IVF, or a larger --train-sample")
+        raise InputError(
+            f"{n} vectors are too few to train an index with {nlist} lists"
+            f" (training sample: {size})",
+            hint="use --index Flat or a smaller IVF, or a larger --train-sample",
+        )
     return size
 
 
-def _populate(work: Any, files: list[EmbeddingFile], chunk_rows: int,
-              progress: Progress | None) -> np.ndarray:
+def _populate(
+    work: Any, files: list[EmbeddingFile], chunk_rows: int, progress: Progress | None
+) -> np.ndarray:
     """Add all rows chunk by chunk; return their ids."""
     ids = []
     for f in files:
@@ -350,10 +360,13 @@ def add_to_index(
     loaded = load_index(index_path)
     meta = dict(loaded.meta)
     if meta.get("metric") != "inner_product":
-        raise IndexError_(f"{loaded.path}: index metric is {meta.get('metric')!r}, "
-                          "expected 'inner_product'", hint=REBUILD_HINT)
-    files = _scan_sources(sources, expect=(loaded.dim, meta.get("model", {}),
-                                           f"the index {loaded.path}"))
+        raise IndexError_(
+            f"{loaded.path}: index metric is {meta.get('metric')!r}, expected 'inner_product'",
+            hint=REBUILD_HINT,
+        )
+    files = _scan_sources(
+        sources, expect=(loaded.dim, meta.get("model", {}), f"the index {loaded.path}")
+    )
     known = {s["path"] for s in meta["sources"]}
     for f in files:
         if str(f.path.resolve()) in known:
@@ -363,7 +376,8 @@ def add_to_index(
     index = _to_cpu(work)
     meta["ntotal"] = int(index.ntotal)
     meta["sources"] = meta["sources"] + [
-        {"path": str(f.path.resolve()), "rows": f.num_rows} for f in files]
+        {"path": str(f.path.resolve()), "rows": f.num_rows} for f in files
+    ]
     _write(loaded.path, index, np.concatenate([loaded.ids, new_ids]), meta)
     return meta
 
@@ -383,8 +397,9 @@ def load_index(path: str | os.PathLike, nprobe: int | None = None) -> LoadedInde
 
     p = Path(path)
     if not p.exists():
-        raise InputError(f"{p}: no such index file", hint="check the path, or build it with "
-                         "`emmax index`")
+        raise InputError(
+            f"{p}: no such index file", hint="check the path, or build it with `emmax index`"
+        )
     meta_path, ids_path = sidecar_paths(p)
     for side in (meta_path, ids_path):
         if not side.exists():
@@ -393,13 +408,15 @@ def load_index(path: str | os.PathLike, nprobe: int | None = None) -> LoadedInde
         meta = json.loads(meta_path.read_text())
         meta["dim"], meta["ntotal"], meta["factory"], meta["sources"]  # noqa: B018
     except (ValueError, KeyError, TypeError) as e:
-        raise IndexError_(f"{meta_path}: unreadable index metadata ({type(e).__name__}: {e})",
-                          hint=REBUILD_HINT) from None
+        raise IndexError_(
+            f"{meta_path}: unreadable index metadata ({type(e).__name__}: {e})", hint=REBUILD_HINT
+        ) from None
     try:
         index = faiss.read_index(str(p))
     except (RuntimeError, MemoryError) as e:
-        raise IndexError_(f"{p}: cannot read the FAISS index ({_faiss_message(e)})",
-                          hint=REBUILD_HINT) from None
+        raise IndexError_(
+            f"{p}: cannot read the FAISS index ({_faiss_message(e)})", hint=REBUILD_HINT
+        ) from None
     try:
         ids = np.load(ids_path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
@@ -407,7 +424,9 @@ def load_index(path: str | os.PathLike, nprobe: int | None = None) -> LoadedInde
     if not (index.ntotal == meta["ntotal"] == len(ids)) or index.d != meta["dim"]:
         raise IndexError_(
             f"{p}: index ({index.ntotal} x {index.d}), ids ({len(ids)}) and metadata "
-            f"({meta['ntotal']} x {meta['dim']}) disagree", hint=REBUILD_HINT)
+            f"({meta['ntotal']} x {meta['dim']}) disagree",
+            hint=REBUILD_HINT,
+        )
     probe = nprobe if nprobe is not None else meta.get("nprobe")
     if probe and _nlist(index):
         faiss.extract_index_ivf(index).nprobe = int(probe)

@@ -9,6 +9,7 @@ Pure array code: no text I/O. The arithmetic matches LASER's ``source/mine_bitex
 * :func:`unify` / :func:`dedup_embeddings` exact-duplicate sentences collapsed before mining;
 * :func:`threshold_counts`, :func:`calibrate_threshold` (BUCC best-F1 midpoint rule).
 """
+
 from __future__ import annotations
 
 import logging
@@ -121,8 +122,10 @@ def knn(
         return _search_index(index, xq, k, block_size, progress, nprobe)
     xb = _as_2d(database, "database")
     if xq.shape[1] != xb.shape[1]:
-        raise InputError(f"queries have dimension {xq.shape[1]}, database has {xb.shape[1]}",
-                         hint="embed both sides with the same model")
+        raise InputError(
+            f"queries have dimension {xq.shape[1]}, database has {xb.shape[1]}",
+            hint="embed both sides with the same model",
+        )
     if len(xb) == 0:
         raise InputError("cannot search an empty database")
     k = min(int(k), len(xb))
@@ -161,17 +164,26 @@ def _flat_search_fn(device: str) -> Callable[[np.ndarray, np.ndarray, int], tupl
     if gpu is None:
         return lambda q, b, k: faiss.knn(q, b, k, metric=faiss.METRIC_INNER_PRODUCT)
     res = faiss.StandardGpuResources()
-    return lambda q, b, k: faiss.knn_gpu(res, q, b, k, metric=faiss.METRIC_INNER_PRODUCT,
-                                         device=gpu)
+    return lambda q, b, k: faiss.knn_gpu(
+        res, q, b, k, metric=faiss.METRIC_INNER_PRODUCT, device=gpu
+    )
 
 
-def _search_index(index: Any, xq: np.ndarray, k: int, block_size: int,
-                  progress: Progress | None, nprobe: int | None) -> tuple[np.ndarray, np.ndarray]:
+def _search_index(
+    index: Any,
+    xq: np.ndarray,
+    k: int,
+    block_size: int,
+    progress: Progress | None,
+    nprobe: int | None,
+) -> tuple[np.ndarray, np.ndarray]:
     import faiss
 
     if xq.shape[1] != index.d:
-        raise InputError(f"queries have dimension {xq.shape[1]}, the index has {index.d}",
-                         hint="embed the queries with the index's model")
+        raise InputError(
+            f"queries have dimension {xq.shape[1]}, the index has {index.d}",
+            hint="embed the queries with the index's model",
+        )
     if index.ntotal == 0:
         raise InputError("cannot search an empty index")
     if nprobe is not None:
@@ -228,7 +240,7 @@ def margin_scores(
     if margin == "absolute":
         scores = sims.copy()
     else:
-        avg = (np.asarray(mean_query, np.float32)[:, None] + np.asarray(mean_db, np.float32)[idx])
+        avg = np.asarray(mean_query, np.float32)[:, None] + np.asarray(mean_db, np.float32)[idx]
         avg /= np.float32(2)
         scores = sims - avg if margin == "distance" else sims / avg
     scores[idx < 0] = -np.inf
@@ -300,11 +312,14 @@ def mine(
         raise InputError(f"top must be non-negative, got {top}")
     x, y = _as_2d(src_emb, "source"), _as_2d(tgt_emb, "target")
     if x.shape[1] != y.shape[1]:
-        raise InputError(f"source embeddings have dimension {x.shape[1]}, target {y.shape[1]}",
-                         hint="embed both sides with the same model")
+        raise InputError(
+            f"source embeddings have dimension {x.shape[1]}, target {y.shape[1]}",
+            hint="embed both sides with the same model",
+        )
     if len(x) == 0 or len(y) == 0:
-        raise InputError("cannot mine with an empty side",
-                         hint=f"source has {len(x)} rows, target {len(y)}")
+        raise InputError(
+            "cannot mine with an empty side", hint=f"source has {len(x)} rows, target {len(y)}"
+        )
     _check_unit_norm(x, "source")
     _check_unit_norm(y, "target")
 
@@ -314,10 +329,25 @@ def mine(
     opts = dict(block_size=block_size, progress=progress, nprobe=nprobe, device=device)
     x2y = knn(x, y if tgt_index is None else tgt_index, k, **opts) if need_fwd else None
     y2x = knn(y, x if src_index is None else src_index, k, **opts) if need_bwd else None
-    pairs = mine_from_neighbours(x2y, y2x, margin=margin, retrieval=retrieval,
-                                 threshold=threshold, top=top, n_src=len(x), n_tgt=len(y))
-    log.debug("mined %d pairs from %d x %d sentences (k=%d, %s margin, %s retrieval)",
-              len(pairs), len(x), len(y), k, margin, mode)
+    pairs = mine_from_neighbours(
+        x2y,
+        y2x,
+        margin=margin,
+        retrieval=retrieval,
+        threshold=threshold,
+        top=top,
+        n_src=len(x),
+        n_tgt=len(y),
+    )
+    log.debug(
+        "mined %d pairs from %d x %d sentences (k=%d, %s margin, %s retrieval)",
+        len(pairs),
+        len(x),
+        len(y),
+        k,
+        margin,
+        mode,
+    )
     return pairs
 
 
@@ -360,8 +390,7 @@ def mine_from_neighbours(
         sims, idx = nn
         scores = margin_scores(sims, idx, mean_q, mean_db, margin)
         col = scores.argmax(axis=1)[:, None]
-        return (np.take_along_axis(idx, col, 1)[:, 0],
-                np.take_along_axis(scores, col, 1)[:, 0])
+        return (np.take_along_axis(idx, col, 1)[:, 0], np.take_along_axis(scores, col, 1)[:, 0])
 
     empty = np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
     fwd = bwd = empty
@@ -374,7 +403,7 @@ def mine_from_neighbours(
     if mode == "intersect":  # bwd_best(fwd_best(x)) == x
         keep = bwd[0][fwd[1]] == fwd[0]
         fwd, bwd = tuple(a[keep] for a in fwd), empty
-    src, tgt, score = (np.concatenate((f, b)) for f, b in zip(fwd, bwd))
+    src, tgt, score = (np.concatenate((f, b)) for f, b in zip(fwd, bwd, strict=False))
 
     # Filtering before the greedy 1:1 pass of ``max`` gives the same pairs as LASER's
     # filtering after it: the pass goes by decreasing score, so every pair below the
@@ -515,7 +544,7 @@ def threshold_counts(
     if not np.issubdtype(s.dtype, np.floating):
         s = s.astype(np.float64)
     left = np.searchsorted(s, np.asarray(thresholds, s.dtype), side="left")
-    return {float(t): int(len(s) - i) for t, i in zip(thresholds, left)}
+    return {float(t): int(len(s) - i) for t, i in zip(thresholds, left, strict=False)}
 
 
 def calibrate_threshold(
@@ -547,8 +576,10 @@ def calibrate_threshold(
         raise InputError(f"{len(s)} scores but {len(correct)} correctness flags")
     n_correct = int(correct.sum())
     if n_correct == 0:
-        raise InputError("cannot calibrate a threshold: no candidate is a gold pair",
-                         hint="check that the gold file matches the mined sentences")
+        raise InputError(
+            "cannot calibrate a threshold: no candidate is a gold pair",
+            hint="check that the gold file matches the mined sentences",
+        )
     n_gold = n_correct if n_gold is None else int(n_gold)
     if n_gold < n_correct:
         raise InputError(f"n_gold={n_gold} is below the {n_correct} correct candidates")

@@ -5,14 +5,16 @@ Pairs stream in chunks, from two line-aligned files read in lockstep or from one
 ``src<TAB>tgt`` file; every chunk is embedded, scored and handed on, so memory is bounded by
 the chunk size. The GMM warm-up on parallel data (``fit_gmm_interpolation``) lives in
 ``models.gmm``; ``fit_head_on_parallel`` is its text-level wrapper."""
+
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import zip_longest
 from pathlib import Path
-from typing import IO, Iterable, Iterator, Sequence
+from typing import IO
 
 import numpy as np
 
@@ -22,9 +24,22 @@ from .io.text import ReadStats, count_lines, display_name, read_chunks
 from .models.encoder import DEFAULT_BATCH_TOKENS, Encoder
 from .models.gmm import WEIGHTS_FILE, GMMHead, fit_gmm_interpolation
 
-__all__ = ["RankedChunk", "load_head_for", "load_ranker", "read_pair_chunks", "score_pairs",
-           "rank_pairs", "rank_files", "fit_head_on_parallel", "fit_gmm_interpolation",
-           "RankParquetWriter", "format_tsv", "format_jsonl", "tsv_header", "write_text"]
+__all__ = [
+    "RankedChunk",
+    "load_head_for",
+    "load_ranker",
+    "read_pair_chunks",
+    "score_pairs",
+    "rank_pairs",
+    "rank_files",
+    "fit_head_on_parallel",
+    "fit_gmm_interpolation",
+    "RankParquetWriter",
+    "format_tsv",
+    "format_jsonl",
+    "tsv_header",
+    "write_text",
+]
 
 DEFAULT_CHUNK_LINES = 16_384
 NO_HEAD_HINT = "train one with `emmax train` or pass --model with a trained emmax model"
@@ -55,8 +70,9 @@ def load_head_for(encoder: Encoder) -> GMMHead:
     return GMMHead.from_dir(root, dim=encoder.dim)
 
 
-def load_ranker(model: str | os.PathLike | None = None, device: str = "auto",
-                precision: str = "auto") -> tuple[Encoder, GMMHead]:
+def load_ranker(
+    model: str | os.PathLike | None = None, device: str = "auto", precision: str = "auto"
+) -> tuple[Encoder, GMMHead]:
     """Resolve ``model`` and load its GMM head, then its encoder (the head is checked first:
     a model without one fails before the encoder weights are read).
 
@@ -71,14 +87,19 @@ def load_ranker(model: str | os.PathLike | None = None, device: str = "auto",
     head = GMMHead.from_dir(rm.root, dim=rm.config.dim or None)
     encoder = Encoder.from_resolved(rm, device=device, precision=precision)
     if head.dim != encoder.dim:
-        raise ModelLoadError(f"{rm.root}: GMM head has dim {head.dim} but the encoder has dim "
-                             f"{encoder.dim}", hint="use the head trained with this encoder")
+        raise ModelLoadError(
+            f"{rm.root}: GMM head has dim {head.dim} but the encoder has dim {encoder.dim}",
+            hint="use the head trained with this encoder",
+        )
     return encoder, head
 
 
-def read_pair_chunks(src: str | os.PathLike, tgt: str | os.PathLike | None = None,
-                     chunk_lines: int = DEFAULT_CHUNK_LINES, encoding: str = "utf-8",
-                     ) -> Iterator[tuple[np.ndarray, list[str], list[str]]]:
+def read_pair_chunks(
+    src: str | os.PathLike,
+    tgt: str | os.PathLike | None = None,
+    chunk_lines: int = DEFAULT_CHUNK_LINES,
+    encoding: str = "utf-8",
+) -> Iterator[tuple[np.ndarray, list[str], list[str]]]:
     """Chunks ``(ids, src_texts, tgt_texts)`` of line pairs, read lazily.
 
     With ``tgt``, ``src`` and ``tgt`` are line-aligned files (``-`` for stdin, ``.gz`` read
@@ -117,8 +138,10 @@ def _read_aligned_chunks(src, tgt, chunk_lines: int, encoding: str):
 
 
 def _length_error(a, na: int, b, nb: int) -> InputError:
-    return InputError(f"{display_name(a)} has {na} lines but {display_name(b)} has {nb}",
-                      hint="the two files must be line-aligned, one pair per line")
+    return InputError(
+        f"{display_name(a)} has {na} lines but {display_name(b)} has {nb}",
+        hint="the two files must be line-aligned, one pair per line",
+    )
 
 
 def _read_tsv_chunks(path, chunk_lines: int, encoding: str):
@@ -126,15 +149,23 @@ def _read_tsv_chunks(path, chunk_lines: int, encoding: str):
         cols = [ln.split("\t") for ln in lines]
         bad = next((i for i, c in enumerate(cols) if len(c) != 2), None)
         if bad is not None:
-            raise InputError(f"{display_name(path)} line {ids[bad] + 1}: expected two "
-                             f"tab-separated columns (src, tgt), found {len(cols[bad])}",
-                             hint="pass a TSV of pairs, or two line-aligned files")
+            raise InputError(
+                f"{display_name(path)} line {ids[bad] + 1}: expected two "
+                f"tab-separated columns (src, tgt), found {len(cols[bad])}",
+                hint="pass a TSV of pairs, or two line-aligned files",
+            )
         yield ids, [c[0] for c in cols], [c[1] for c in cols]
 
 
-def score_pairs(encoder: Encoder, head: GMMHead, src: Sequence[str], tgt: Sequence[str],
-                batch_tokens: int = DEFAULT_BATCH_TOKENS, symmetric: bool = True,
-                ids: np.ndarray | None = None) -> RankedChunk:
+def score_pairs(
+    encoder: Encoder,
+    head: GMMHead,
+    src: Sequence[str],
+    tgt: Sequence[str],
+    batch_tokens: int = DEFAULT_BATCH_TOKENS,
+    symmetric: bool = True,
+    ids: np.ndarray | None = None,
+) -> RankedChunk:
     """Rank aligned sentence pairs ``(src[i], tgt[i])`` (one in-memory chunk).
 
     Probabilities average the log-posteriors of both orders when ``symmetric`` (§3.2)."""
@@ -147,39 +178,58 @@ def score_pairs(encoder: Encoder, head: GMMHead, src: Sequence[str], tgt: Sequen
     with torch.no_grad():
         probs = head.rank_probs_pairs(a, b, symmetric=symmetric)
         cos = torch.nn.functional.cosine_similarity(a, b, dim=1)
-    return RankedChunk(ids=np.arange(len(src), dtype=np.int64) if ids is None else np.asarray(ids),
-                       rank=probs.argmax(1).numpy().astype(np.int64),
-                       probs=probs.numpy().astype(np.float32),
-                       cosine=cos.numpy().astype(np.float32))
+    return RankedChunk(
+        ids=np.arange(len(src), dtype=np.int64) if ids is None else np.asarray(ids),
+        rank=probs.argmax(1).numpy().astype(np.int64),
+        probs=probs.numpy().astype(np.float32),
+        cosine=cos.numpy().astype(np.float32),
+    )
 
 
-def rank_pairs(encoder: Encoder, head: GMMHead,
-               chunks: Iterable[tuple[np.ndarray, Sequence[str], Sequence[str]]],
-               batch_tokens: int = DEFAULT_BATCH_TOKENS, symmetric: bool = True,
-               progress: Progress | None = None) -> Iterator[RankedChunk]:
+def rank_pairs(
+    encoder: Encoder,
+    head: GMMHead,
+    chunks: Iterable[tuple[np.ndarray, Sequence[str], Sequence[str]]],
+    batch_tokens: int = DEFAULT_BATCH_TOKENS,
+    symmetric: bool = True,
+    progress: Progress | None = None,
+) -> Iterator[RankedChunk]:
     """Score a stream of ``(ids, src_texts, tgt_texts)`` chunks (e.g. ``read_pair_chunks``),
     yielding one ``RankedChunk`` per chunk, in input order; ``progress(n)`` per chunk."""
     progress = progress or null_progress
     for ids, src, tgt in chunks:
-        yield score_pairs(encoder, head, src, tgt, batch_tokens=batch_tokens, symmetric=symmetric,
-                          ids=ids)
+        yield score_pairs(
+            encoder, head, src, tgt, batch_tokens=batch_tokens, symmetric=symmetric, ids=ids
+        )
         progress(len(ids))
 
 
-def rank_files(src: str | os.PathLike, tgt: str | os.PathLike | None, encoder: Encoder,
-               head: GMMHead | None = None, chunk_lines: int = DEFAULT_CHUNK_LINES,
-               batch_tokens: int = DEFAULT_BATCH_TOKENS, symmetric: bool = True,
-               progress: Progress | None = None) -> Iterator[RankedChunk]:
+def rank_files(
+    src: str | os.PathLike,
+    tgt: str | os.PathLike | None,
+    encoder: Encoder,
+    head: GMMHead | None = None,
+    chunk_lines: int = DEFAULT_CHUNK_LINES,
+    batch_tokens: int = DEFAULT_BATCH_TOKENS,
+    symmetric: bool = True,
+    progress: Progress | None = None,
+) -> Iterator[RankedChunk]:
     """Rank the pairs of two line-aligned files, or of one ``src<TAB>tgt`` file
     (``tgt=None``), with the encoder's GMM head unless ``head`` is given."""
     chunks = read_pair_chunks(src, tgt, chunk_lines=chunk_lines)
     head = head or load_head_for(encoder)
-    return rank_pairs(encoder, head, chunks, batch_tokens=batch_tokens, symmetric=symmetric,
-                      progress=progress)
+    return rank_pairs(
+        encoder, head, chunks, batch_tokens=batch_tokens, symmetric=symmetric, progress=progress
+    )
 
 
-def fit_head_on_parallel(encoder: Encoder, pairs: Sequence[tuple[str, str]], num_ranks: int = 4,
-                         batch_tokens: int = DEFAULT_BATCH_TOKENS, **fit_kw) -> GMMHead:
+def fit_head_on_parallel(
+    encoder: Encoder,
+    pairs: Sequence[tuple[str, str]],
+    num_ranks: int = 4,
+    batch_tokens: int = DEFAULT_BATCH_TOKENS,
+    **fit_kw,
+) -> GMMHead:
     """Embed translation ``pairs`` (src, tgt) and warm up a GMM head on them by interpolation
     (``models.gmm.fit_gmm_interpolation``; ``fit_kw`` go there). The encoder is not trained."""
     if len(pairs) < 4:
@@ -196,17 +246,22 @@ def tsv_header(num_ranks: int) -> str:
 
 def format_tsv(chunk: RankedChunk) -> str:
     """``rank<TAB>p0 ... p{N-1}<TAB>cosine`` lines, probabilities and cosine to 4 decimals."""
-    cols = [chunk.rank.astype(str)] + [np.char.mod("%.4f", p) for p in chunk.probs.T] + \
-        [np.char.mod("%.4f", chunk.cosine)]
-    return "".join("\t".join(row) + "\n" for row in zip(*cols))
+    cols = (
+        [chunk.rank.astype(str)]
+        + [np.char.mod("%.4f", p) for p in chunk.probs.T]
+        + [np.char.mod("%.4f", chunk.cosine)]
+    )
+    return "".join("\t".join(row) + "\n" for row in zip(*cols, strict=False))
 
 
 def format_jsonl(chunk: RankedChunk) -> str:
     """One JSON object per pair: ``{"rank": r, "probs": [...], "cosine": c}``."""
     probs = np.round(chunk.probs.astype(np.float64), 6).tolist()
     cos = np.round(chunk.cosine.astype(np.float64), 6).tolist()
-    return "".join(json.dumps({"rank": r, "probs": p, "cosine": c}) + "\n"
-                   for r, p, c in zip(chunk.rank.tolist(), probs, cos))
+    return "".join(
+        json.dumps({"rank": r, "probs": p, "cosine": c}) + "\n"
+        for r, p, c in zip(chunk.rank.tolist(), probs, cos, strict=False)
+    )
 
 
 class RankParquetWriter:
@@ -219,35 +274,51 @@ class RankParquetWriter:
 
         self.num_ranks = num_ranks
         self.schema = pa.schema(
-            [pa.field("id", pa.int64(), nullable=False),
-             pa.field("rank", pa.int8(), nullable=False),
-             pa.field("probs", pa.list_(pa.float32(), num_ranks), nullable=False),
-             pa.field("cosine", pa.float32(), nullable=False)],
-            metadata={b"emmax": json.dumps({"num_ranks": num_ranks, **(meta or {})},
-                                           sort_keys=True).encode()})
+            [
+                pa.field("id", pa.int64(), nullable=False),
+                pa.field("rank", pa.int8(), nullable=False),
+                pa.field("probs", pa.list_(pa.float32(), num_ranks), nullable=False),
+                pa.field("cosine", pa.float32(), nullable=False),
+            ],
+            metadata={
+                b"emmax": json.dumps(
+                    {"num_ranks": num_ranks, **(meta or {})}, sort_keys=True
+                ).encode()
+            },
+        )
         self._writer = pq.ParquetWriter(str(path), self.schema, compression="zstd")
 
     def write(self, chunk: RankedChunk) -> None:
         import pyarrow as pa
 
-        probs = pa.FixedSizeListArray.from_arrays(pa.array(chunk.probs.reshape(-1), pa.float32()),
-                                                  self.num_ranks)
-        self._writer.write_table(pa.Table.from_arrays(
-            [pa.array(chunk.ids, pa.int64()), pa.array(chunk.rank.astype(np.int8)), probs,
-             pa.array(chunk.cosine, pa.float32())], schema=self.schema))
+        probs = pa.FixedSizeListArray.from_arrays(
+            pa.array(chunk.probs.reshape(-1), pa.float32()), self.num_ranks
+        )
+        self._writer.write_table(
+            pa.Table.from_arrays(
+                [
+                    pa.array(chunk.ids, pa.int64()),
+                    pa.array(chunk.rank.astype(np.int8)),
+                    probs,
+                    pa.array(chunk.cosine, pa.float32()),
+                ],
+                schema=self.schema,
+            )
+        )
 
     def close(self) -> None:
         self._writer.close()
 
-    def __enter__(self) -> "RankParquetWriter":
+    def __enter__(self) -> RankParquetWriter:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
 
 
-def write_text(chunks: Iterable[RankedChunk], out: IO[str], fmt: str = "tsv",
-               header_ranks: int | None = None) -> int:
+def write_text(
+    chunks: Iterable[RankedChunk], out: IO[str], fmt: str = "tsv", header_ranks: int | None = None
+) -> int:
     """Write ranked chunks to a text stream as TSV or JSON lines; returns the pairs written.
     ``header_ranks``: write a TSV header line for that many ranks first."""
     n = 0

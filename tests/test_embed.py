@@ -7,13 +7,21 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
-
 from conftest import one_line_error
+
 from emmax_cli.cli import cli
 from emmax_cli.io.parquet import read_embeddings
 
-SENTS = ["Guten Morgen.", "Good morning, Tom.", "", "Das ist ein Hund und eine Katze.",
-         "the cat", "Merci beaucoup!", "Mary has a book", "  spaced  out  "]
+SENTS = [
+    "Guten Morgen.",
+    "Good morning, Tom.",
+    "",
+    "Das ist ein Hund und eine Katze.",
+    "the cat",
+    "Merci beaucoup!",
+    "Mary has a book",
+    "  spaced  out  ",
+]
 
 
 def run(*args, input=None):
@@ -50,8 +58,19 @@ def test_embed_stdin_gzip_float16_no_text(tiny_model, tmp_path):
     r = run("embed", str(gz), "--model", str(tiny_model), "--dtype", "float16", "--no-text")
     assert r.exit_code == 0, r.output
     t = pq.read_table(tmp_path / "c.parquet")
-    assert "text" not in t.column_names and str(t.schema.field("embedding").type.value_type) == "halffloat"
-    r = run("embed", "-", "-o", str(tmp_path / "s.parquet"), "--model", str(tiny_model), input="\n".join(SENTS) + "\n")
+    assert (
+        "text" not in t.column_names
+        and str(t.schema.field("embedding").type.value_type) == "halffloat"
+    )
+    r = run(
+        "embed",
+        "-",
+        "-o",
+        str(tmp_path / "s.parquet"),
+        "--model",
+        str(tiny_model),
+        input="\n".join(SENTS) + "\n",
+    )
     assert r.exit_code == 0, r.output
     a = read_embeddings(tmp_path / "s.parquet")[1]
     b = read_embeddings(tmp_path / "c.parquet")[1]
@@ -72,7 +91,9 @@ def test_bad_line_policies(tiny_model, tmp_path, policy, rows, text1):
     src = tmp_path / "bad.txt"
     src.write_bytes(b"a\nb\xffb\nc\n")
     out = tmp_path / "bad.parquet"
-    r = CliRunner().invoke(cli, ["embed", str(src), "--model", str(tiny_model), "--on-bad-line", policy])
+    r = CliRunner().invoke(
+        cli, ["embed", str(src), "--model", str(tiny_model), "--on-bad-line", policy]
+    )
     assert r.exit_code == 0, r.output
     t = pq.read_table(out)
     assert t.num_rows == rows and t.column("text").to_pylist()[1] == text1
@@ -95,10 +116,14 @@ def test_errors_missing_empty_undecodable_model(tiny_model, tmp_path):
     assert not (tmp_path / "bad.parquet").exists()
     assert not list(tmp_path.glob(".bad.parquet*tmp"))
     write(tmp_path / "ok.txt", SENTS)
-    r = runner.invoke(cli, ["embed", str(tmp_path / "ok.txt"), "--model", str(tmp_path / "no-model")])
+    r = runner.invoke(
+        cli, ["embed", str(tmp_path / "ok.txt"), "--model", str(tmp_path / "no-model")]
+    )
     one_line_error(r, "no-model", "no such built-in model or directory")
     (tmp_path / "not-a-model").mkdir()
-    r = runner.invoke(cli, ["embed", str(tmp_path / "ok.txt"), "--model", str(tmp_path / "not-a-model")])
+    r = runner.invoke(
+        cli, ["embed", str(tmp_path / "ok.txt"), "--model", str(tmp_path / "not-a-model")]
+    )
     one_line_error(r, "not a model directory")
     r = runner.invoke(cli, ["embed", str(tmp_path / "ok.txt"), "--model", str(tiny_model)])
     assert r.exit_code == 0

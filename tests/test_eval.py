@@ -1,6 +1,7 @@
 """emmax eval: golden tests of the metrics (BUCC P/R/F1 and threshold, retrieval, xsim,
 geometry), tiny-model runs of every evaluation and CLI command, and a few real-model checks
 against the published base-model figures (``real``)."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -30,7 +31,12 @@ def unit(x):
 
 # ---- BUCC metric and threshold: hand-computed ---------------------------------------------------
 def test_bucc_metrics_hand_computed():
-    pred = [("de1", "en1"), ("de2", "en2"), ("de3", "en3"), ("de3", "en3")]  # a repeated pair counts once
+    pred = [
+        ("de1", "en1"),
+        ("de2", "en2"),
+        ("de3", "en3"),
+        ("de3", "en3"),
+    ]  # a repeated pair counts once
     gold = [("de1", "en1"), ("de2", "en9"), ("de4", "en4")]
     m = bucc.bucc_metrics(pred, gold)
     # |E| = 3, |G| = 3, |E ∩ G| = 1 -> P = R = F1 = 1/3
@@ -38,7 +44,9 @@ def test_bucc_metrics_hand_computed():
     assert m["precision"] == pytest.approx(1 / 3) and m["recall"] == pytest.approx(1 / 3)
     assert m["f1"] == pytest.approx(1 / 3)
     # 2 of 2 extracted are right, 2 of 4 gold found: P = 1, R = 1/2, F1 = 2*1*.5/1.5 = 2/3
-    m = bucc.bucc_metrics([("a", "1"), ("b", "2")], [("a", "1"), ("b", "2"), ("c", "3"), ("d", "4")])
+    m = bucc.bucc_metrics(
+        [("a", "1"), ("b", "2")], [("a", "1"), ("b", "2"), ("c", "3"), ("d", "4")]
+    )
     assert (m["precision"], m["recall"], m["f1"]) == pytest.approx((1.0, 0.5, 2 / 3))
     assert bucc.bucc_metrics([], gold)["f1"] == 0.0
     assert bucc.bucc_metrics(pred, [])["recall"] == 0.0
@@ -97,12 +105,21 @@ def test_threshold_first_best_wins():
 
 
 def test_bucc_readers_and_duplicate_texts(tmp_path):
-    bucc.write_split(tmp_path, "de", "sample", [("de-1", "Hallo Welt"), ("de-2", "Guten Morgen"),
-                                                ("de-3", "Hallo Welt")],
-                     [("en-1", "Hello world"), ("en-2", "Good morning")], [("de-2", "en-2")])
+    bucc.write_split(
+        tmp_path,
+        "de",
+        "sample",
+        [("de-1", "Hallo Welt"), ("de-2", "Guten Morgen"), ("de-3", "Hallo Welt")],
+        [("en-1", "Hello world"), ("en-2", "Good morning")],
+        [("de-2", "en-2")],
+    )
     s = bucc.find_split(tmp_path, "de", bucc.SAMPLE_SPLITS)
-    assert (s.pair, s.split, s.src_ids, s.tgt_texts) == ("de-en", "sample", ["de-1", "de-2", "de-3"],
-                                                          ["Hello world", "Good morning"])
+    assert (s.pair, s.split, s.src_ids, s.tgt_texts) == (
+        "de-en",
+        "sample",
+        ["de-1", "de-2", "de-3"],
+        ["Hello world", "Good morning"],
+    )
     assert s.gold == {("de-2", "en-2")}
     # "Hallo Welt" occurs twice: it is dropped from the text -> id map (LASER)
     assert bucc._unique_text_ids(s.src_ids, s.src_texts) == {"Guten Morgen": "de-2"}
@@ -142,9 +159,12 @@ def make_bucc_set(root: Path, n_gold=(40, 150), n_fill=(300, 1000), seed=0) -> t
         gold_rows = rows[start : start + ng]
         fill_rows = rows[start + ng : start + ng + nf]
         start += ng + nf
-        src = [(de_en[i][0], de_en[i][1]) for i in gold_rows] + [(de_en[i][0], None) for i in fill_rows]
-        tgt = [(de_en[i][1], de_en[i][0]) for i in gold_rows] + [(e, None) for e in en_fill[efill : efill + nf]
-                                                                 if e not in de_all]
+        src = [(de_en[i][0], de_en[i][1]) for i in gold_rows] + [
+            (de_en[i][0], None) for i in fill_rows
+        ]
+        tgt = [(de_en[i][1], de_en[i][0]) for i in gold_rows] + [
+            (e, None) for e in en_fill[efill : efill + nf] if e not in de_all
+        ]
         efill += nf
         rng.shuffle(src)
         rng.shuffle(tgt)
@@ -152,7 +172,9 @@ def make_bucc_set(root: Path, n_gold=(40, 150), n_fill=(300, 1000), seed=0) -> t
         t_ids = {t: f"en-{i:09d}" for i, (t, _) in enumerate(tgt)}
         gold = [(s_ids[de_en[i][0]], t_ids[de_en[i][1]]) for i in gold_rows]
         d = root / split
-        bucc.write_split(d, "de", split, [(s_ids[t], t) for t, _ in src], [(t_ids[t], t) for t, _ in tgt], gold)
+        bucc.write_split(
+            d, "de", split, [(s_ids[t], t) for t, _ in src], [(t_ids[t], t) for t, _ in tgt], gold
+        )
         dirs.append(d)
     return dirs[0], dirs[1]
 
@@ -223,7 +245,9 @@ def test_knn_both_exact_across_blocks():
     S = X @ Y.T
     assert np.allclose(fs, -np.sort(-S, axis=1)[:, :5], atol=1e-6)
     assert np.allclose(bs, -np.sort(-S.T, axis=1)[:, :5], atol=1e-6)
-    assert np.allclose(np.take_along_axis(S, fi, 1), fs) and np.allclose(np.take_along_axis(S.T, bi, 1), bs)
+    assert np.allclose(np.take_along_axis(S, fi, 1), fs) and np.allclose(
+        np.take_along_axis(S.T, bi, 1), bs
+    )
 
 
 def test_ratio_margin_demotes_a_hub():
@@ -273,7 +297,9 @@ def test_eval_tatoeba_tiny_model(tmp_path, tiny_encoder):
     for r in res.languages:
         assert r.n == 40 and 0 <= r.xx2eng <= r.xx2eng_text <= 1
     assert "xtreme36" not in res.averages and res.averages["all"]["n_langs"] == 2
-    assert res.averages["all"]["xx2eng"] == pytest.approx(np.mean([r.xx2eng for r in res.languages]))
+    assert res.averages["all"]["xx2eng"] == pytest.approx(
+        np.mean([r.xx2eng for r in res.languages])
+    )
     res_m = tatoeba.eval_tatoeba(tiny_encoder, d, langs=["fra"], margin="ratio")
     assert res_m.to_dict()["retrieval"] == "ratio margin, k=4"
     with pytest.raises(InputError, match="xyz"):
@@ -315,7 +341,11 @@ def test_xsim_from_embeddings_golden():
 def _multiway(root: Path, langs=("eng", "deu", "fra"), n=30) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     for lg in langs:
-        lines = (DATA / "flores200" / "devtest" / f"{lg}.txt").read_text(encoding="utf-8").splitlines()[:n]
+        lines = (
+            (DATA / "flores200" / "devtest" / f"{lg}.txt")
+            .read_text(encoding="utf-8")
+            .splitlines()[:n]
+        )
         (root / f"{lg}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
     (root / "sent_ids.txt").write_text("\n".join(str(i) for i in range(n)) + "\n")  # ignored
     return root
@@ -366,7 +396,9 @@ def test_invariance_cosines_closed_form_matches_brute_force():
 def test_calinski_harabasz_hand_computed():
     # centroids 1 and 11, grand mean 6: B = 2*25 + 2*25 = 100, W = 4 x 1 = 4; k = 2, N = 4
     X = np.array([[0.0], [2.0], [10.0], [12.0]])
-    assert geometry.calinski_harabasz(X, np.array([0, 0, 1, 1])) == pytest.approx((100 / 1) / (4 / 2))
+    assert geometry.calinski_harabasz(X, np.array([0, 0, 1, 1])) == pytest.approx(
+        (100 / 1) / (4 / 2)
+    )
     with pytest.raises(InputError):
         geometry.calinski_harabasz(X, np.zeros(4))
 
@@ -400,7 +432,11 @@ def test_eval_geometry_tiny_model(tmp_path, tiny_encoder):
     res = geometry.eval_geometry(tiny_encoder, d, langs="eng,deu,fra", n=20)
     assert res.langs == ["eng", "deu", "fra"] and res.n == 20 and res.points.shape == (60, 2)
     d_ = json.loads(json.dumps(res.to_dict()))
-    assert set(d_["invariance"]) >= {"translation_cosine", "random_crosslingual_cosine", "xsim_error"}
+    assert set(d_["invariance"]) >= {
+        "translation_cosine",
+        "random_crosslingual_cosine",
+        "xsim_error",
+    }
     assert 0 < d_["isotropy"]["partition_ratio"] <= 1
     assert d_["canonical_form"]["lang_probe"]["chance"] == pytest.approx(1 / 3)
 
@@ -410,7 +446,10 @@ def test_plots_write_pngs(tmp_path):
     pytest.importorskip("matplotlib")
     from emmax_cli.eval import plots
 
-    rows = [tatoeba.TatoebaLang(lg, 10, a, b, a, b) for lg, a, b in [("deu", 0.9, 0.8), ("fra", 0.7, 0.75)]]
+    rows = [
+        tatoeba.TatoebaLang(lg, 10, a, b, a, b)
+        for lg, a, b in [("deu", 0.9, 0.8), ("fra", 0.7, 0.75)]
+    ]
     res = tatoeba.TatoebaResult(rows, None, 4, tatoeba.averages(rows), {"model": "m"})
     p = plots.plot_tatoeba(res, tmp_path / "t.png")
     assert p.read_bytes()[:4] == b"\x89PNG"
@@ -443,30 +482,101 @@ def test_plots_without_matplotlib(monkeypatch, tmp_path):
 def test_cli_eval_commands_tiny_model(tmp_path, tiny_model_dir):
     r = CliRunner()
     tat = _small_tatoeba(tmp_path / "tat", n=20)
-    out = r.invoke(cli, ["eval", "tatoeba", str(tat), "--langs", "deu,fra", "-m", str(tiny_model_dir),
-                         "--device", "cpu", "--json", "--quiet"], catch_exceptions=False)
+    out = r.invoke(
+        cli,
+        [
+            "eval",
+            "tatoeba",
+            str(tat),
+            "--langs",
+            "deu,fra",
+            "-m",
+            str(tiny_model_dir),
+            "--device",
+            "cpu",
+            "--json",
+            "--quiet",
+        ],
+        catch_exceptions=False,
+    )
     assert out.exit_code == 0, out.output
     d = json.loads(out.stdout)
     assert set(d["languages"]) == {"deu", "fra"} and d["model"]["precision"] == "fp32"
-    out = r.invoke(cli, ["eval", "tatoeba", str(tat), "--langs", "deu", "-m", str(tiny_model_dir),
-                         "--device", "cpu", "--quiet", "--plot", str(tmp_path / "t.png")],
-                   catch_exceptions=False)
+    out = r.invoke(
+        cli,
+        [
+            "eval",
+            "tatoeba",
+            str(tat),
+            "--langs",
+            "deu",
+            "-m",
+            str(tiny_model_dir),
+            "--device",
+            "cpu",
+            "--quiet",
+            "--plot",
+            str(tmp_path / "t.png"),
+        ],
+        catch_exceptions=False,
+    )
     assert out.exit_code == 0 and "xx->eng" in out.stdout and "all evaluated avg" in out.stdout
     assert (tmp_path / "t.png").exists()
-    out = r.invoke(cli, ["eval", "tatoeba", str(tat), "--langs", "deu,zzz", "-m", str(tiny_model_dir)])
+    out = r.invoke(
+        cli, ["eval", "tatoeba", str(tat), "--langs", "deu,zzz", "-m", str(tiny_model_dir)]
+    )
     assert out.exit_code == 1 and "zzz" in out.output and "Traceback" not in out.output
 
     mw = _multiway(tmp_path / "mw", n=15)
-    out = r.invoke(cli, ["eval", "xsim", str(mw), "-m", str(tiny_model_dir), "--device", "cpu", "--quiet"],
-                   catch_exceptions=False)
-    assert out.exit_code == 0 and "src\\tgt" in out.stdout and "average over 6 directions" in out.stdout
-    out = r.invoke(cli, ["eval", "geometry", str(mw), "-n", "10", "-m", str(tiny_model_dir), "--device", "cpu",
-                         "--quiet", "--json"], catch_exceptions=False)
+    out = r.invoke(
+        cli,
+        ["eval", "xsim", str(mw), "-m", str(tiny_model_dir), "--device", "cpu", "--quiet"],
+        catch_exceptions=False,
+    )
+    assert (
+        out.exit_code == 0
+        and "src\\tgt" in out.stdout
+        and "average over 6 directions" in out.stdout
+    )
+    out = r.invoke(
+        cli,
+        [
+            "eval",
+            "geometry",
+            str(mw),
+            "-n",
+            "10",
+            "-m",
+            str(tiny_model_dir),
+            "--device",
+            "cpu",
+            "--quiet",
+            "--json",
+        ],
+        catch_exceptions=False,
+    )
     assert out.exit_code == 0 and json.loads(out.stdout)["n"] == 10
 
     sample, test = make_bucc_set(tmp_path / "bucc", n_gold=(20, 30), n_fill=(60, 80))
-    out = r.invoke(cli, ["eval", "bucc", "--sample-dir", str(sample), "--test-dir", str(test), "--pairs", "de-en",
-                         "-m", str(tiny_model_dir), "--device", "cpu", "--quiet"], catch_exceptions=False)
+    out = r.invoke(
+        cli,
+        [
+            "eval",
+            "bucc",
+            "--sample-dir",
+            str(sample),
+            "--test-dir",
+            str(test),
+            "--pairs",
+            "de-en",
+            "-m",
+            str(tiny_model_dir),
+            "--device",
+            "cpu",
+            "--quiet",
+        ],
+        catch_exceptions=False,
+    )
     if out.exit_code == 1:  # a random model may mine no gold pair on the sample: a clean error
         assert "no candidate is a gold pair" in out.output
     else:
@@ -480,17 +590,41 @@ def test_make_report_renders_results(tmp_path):
     spec.loader.exec_module(mod)
     res = tmp_path / "results"
     res.mkdir()
-    (res / "embed.json").write_text(json.dumps({
-        "title": "Embedding throughput", "machine": "2 vCPU test box", "columns": ["batch", "sent/s"],
-        "rows": [[64, 149.2], [128, 151.0]], "notes": "median of 3"}))
+    (res / "embed.json").write_text(
+        json.dumps(
+            {
+                "title": "Embedding throughput",
+                "machine": "2 vCPU test box",
+                "columns": ["batch", "sent/s"],
+                "rows": [[64, 149.2], [128, 151.0]],
+                "notes": "median of 3",
+            }
+        )
+    )
     (res / "broken.json").write_text("{not json")
     docs = tmp_path / "docs"
     docs.mkdir()
-    (docs / "base-tatoeba-emmax.json").write_text(json.dumps({
-        "task": "tatoeba", "retrieval": "cosine", "model": {"model": "m"},
-        "averages": {"all": {"label": "all evaluated (1 languages, unweighted mean)", "n_langs": 1,
-                             "xx2eng": 0.9, "eng2xx": 0.8, "mean": 0.85}},
-        "languages": {"deu": {"lang": "deu", "n": 1000, "xx2eng": 0.9, "eng2xx": 0.8, "mean": 0.85}}}))
+    (docs / "base-tatoeba-emmax.json").write_text(
+        json.dumps(
+            {
+                "task": "tatoeba",
+                "retrieval": "cosine",
+                "model": {"model": "m"},
+                "averages": {
+                    "all": {
+                        "label": "all evaluated (1 languages, unweighted mean)",
+                        "n_langs": 1,
+                        "xx2eng": 0.9,
+                        "eng2xx": 0.8,
+                        "mean": 0.85,
+                    }
+                },
+                "languages": {
+                    "deu": {"lang": "deu", "n": 1000, "xx2eng": 0.9, "eng2xx": 0.8, "mean": 0.85}
+                },
+            }
+        )
+    )
     text = mod.render(results_dir=res, docs_dir=docs, reference=None)
     assert "## Embedding throughput" in text and "2 vCPU test box" in text
     assert "| batch | sent/s |" in text and "| 64 | 149.2 |" in text

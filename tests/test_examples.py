@@ -1,4 +1,5 @@
 """The examples run as written (on the tiny model, for speed), and every command documents itself."""
+
 from __future__ import annotations
 
 import os
@@ -21,22 +22,40 @@ def env():
 
 
 def test_mine_example_script(tiny_model):
-    r = subprocess.run(["bash", str(REPO / "examples" / "mine_de_en.sh"), "--model", str(tiny_model),
-                        "--no-threshold"], capture_output=True, text=True, env=env(), timeout=300)
+    r = subprocess.run(
+        [
+            "bash",
+            str(REPO / "examples" / "mine_de_en.sh"),
+            "--model",
+            str(tiny_model),
+            "--no-threshold",
+        ],
+        capture_output=True,
+        text=True,
+        env=env(),
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     rows = [ln.split("\t") for ln in r.stdout.splitlines()]
     assert rows and all(len(x) == 3 for x in rows)
 
 
 def test_python_example(tiny_model):
-    r = subprocess.run([sys.executable, str(REPO / "examples" / "embed_and_search.py"), str(tiny_model)],
-                       capture_output=True, text=True, env=env(), timeout=300)
+    r = subprocess.run(
+        [sys.executable, str(REPO / "examples" / "embed_and_search.py"), str(tiny_model)],
+        capture_output=True,
+        text=True,
+        env=env(),
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     assert len(r.stdout.splitlines()) >= 1
 
 
 def test_python_dash_m_and_version():
-    r = subprocess.run([sys.executable, "-m", "emmax_cli", "--version"], capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "emmax_cli", "--version"], capture_output=True, text=True
+    )
     assert r.returncode == 0 and "emmax" in r.stdout
 
 

@@ -1,5 +1,6 @@
 """GMMHead: exact likelihood (vs a naive float64 computation), memory-safe evaluation,
 posteriors, symmetric scoring, interpolation labels, warm-up fit, and the files."""
+
 from __future__ import annotations
 
 import json
@@ -65,7 +66,7 @@ def test_log_joint_gradients_match_naive():
     got = [p.grad.clone() for p in (h.mu, h.log_var, h.prior_logits)]
     h.zero_grad()
     naive_log_joint(h, q, k).logsumexp(-1).sum().backward()
-    for g, p in zip(got, (h.mu, h.log_var, h.prior_logits)):
+    for g, p in zip(got, (h.mu, h.log_var, h.prior_logits), strict=False):
         torch.testing.assert_close(g, p.grad, rtol=1e-3, atol=1e-3)
 
 
@@ -97,8 +98,9 @@ def test_log_joint_memory_safe_at_2048x2048x384():
     assert lj.shape == (2048, 2048, 4) and torch.isfinite(lj).all()
     assert grown_mib < 1024, f"peak memory grew by {grown_mib:.0f} MiB"
     rows = torch.tensor([0, 777, 2047])
-    torch.testing.assert_close(lj[rows, rows], h.log_joint_pairs(q[rows], k[rows]),
-                               rtol=1e-5, atol=1e-2)
+    torch.testing.assert_close(
+        lj[rows, rows], h.log_joint_pairs(q[rows], k[rows]), rtol=1e-5, atol=1e-2
+    )
 
 
 def test_posterior_sums_to_one():

@@ -1,4 +1,5 @@
 """Tests for emmax_cli.index: factory choice, build/load round trips, shards, bad inputs."""
+
 from __future__ import annotations
 
 import json
@@ -75,8 +76,9 @@ def test_build_load_flat_two_shards(tmp_path, vectors):
 
     loaded = load_index(out)
     assert loaded.ntotal == 5000 and loaded.dim == 32 and loaded.factory == "Flat"
-    np.testing.assert_array_equal(loaded.ids, np.concatenate([np.arange(3000) + 10,
-                                                              np.arange(2000)]))
+    np.testing.assert_array_equal(
+        loaded.ids, np.concatenate([np.arange(3000) + 10, np.arange(2000)])
+    )
     np.testing.assert_array_equal(loaded.source_of([0, 2999, 3000, 4999]), [0, 0, 1, 1])
     q = unit(vectors[:50])
     sims, idx = knn(q, loaded, 3)
@@ -123,17 +125,25 @@ def test_dim_and_model_mismatch(tmp_path, vectors):
     b = write_shard(tmp_path / "b.parquet", vectors[:100, :16])
     c = write_shard(tmp_path / "c.parquet", vectors[:100], model="other")
     out = tmp_path / "x.faiss"
-    with pytest.raises(InputError, match=r"b\.parquet: embeddings have dimension 16, but .*"
-                                         r"a\.parquet has 32"):
+    with pytest.raises(
+        InputError,
+        match=r"b\.parquet: embeddings have dimension 16, but .*"
+        r"a\.parquet has 32",
+    ):
         build_index([a, b], out)
-    with pytest.raises(InputError, match=r"c\.parquet: .*another model \(model_id 'other', "
-                                         r"but .*a\.parquet has 'x'\)"):
+    with pytest.raises(
+        InputError,
+        match=r"c\.parquet: .*another model \(model_id 'other', "
+        r"but .*a\.parquet has 'x'\)",
+    ):
         build_index([a, c], out)
     # `emmax embed` metadata: the checksum decides, whatever the name
-    d = write_shard(tmp_path / "d.parquet", vectors[:50],
-                    meta={"model": "tiny", "model_checksum": "abc"})
-    e = write_shard(tmp_path / "e.parquet", vectors[:50],
-                    meta={"model": "tiny", "model_checksum": "def"})
+    d = write_shard(
+        tmp_path / "d.parquet", vectors[:50], meta={"model": "tiny", "model_checksum": "abc"}
+    )
+    e = write_shard(
+        tmp_path / "e.parquet", vectors[:50], meta={"model": "tiny", "model_checksum": "def"}
+    )
     with pytest.raises(InputError, match="model_checksum 'def'"):
         build_index([d, e], out)
     meta = build_index([d, d], tmp_path / "d.faiss")
@@ -168,8 +178,11 @@ def test_corrupt_index_file(tmp_path, vectors, damage):
     out = tmp_path / "x.faiss"
     build_index([a], out, factory="IVF4,Flat")
     data = out.read_bytes()
-    out.write_bytes({"garbage": b"not an index at all" * 10, "truncated": data[: len(data) // 2],
-                     "empty": b""}[damage])
+    out.write_bytes(
+        {"garbage": b"not an index at all" * 10, "truncated": data[: len(data) // 2], "empty": b""}[
+            damage
+        ]
+    )
     with pytest.raises(IndexError_) as e:
         load_index(out)
     msg = str(e.value)
@@ -202,8 +215,8 @@ def test_missing_or_inconsistent_sidecars(tmp_path, vectors):
 
 
 def test_device_mapping_without_gpu_faiss():
-    from emmax_cli.errors import EmmaxError
     from emmax_cli.device import faiss_gpu_device
+    from emmax_cli.errors import EmmaxError
 
     if hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus():
         pytest.skip("faiss sees a GPU")

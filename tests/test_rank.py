@@ -1,4 +1,5 @@
 """`emmax rank` and the rank library: formats, inputs, errors, and (real) rank quality."""
+
 from __future__ import annotations
 
 import json
@@ -16,10 +17,26 @@ from emmax_cli.errors import InputError, ModelLoadError
 from emmax_cli.models.gmm import WEIGHTS_FILE, GMMHead, fit_gmm_interpolation
 from emmax_cli.rank import load_head_for, read_pair_chunks, score_pairs
 
-SRC = ["guten morgen tom", "the cat and the dog", "merci beaucoup", "mary has a book",
-       "ich bin ein hund", "hello you", "das ist nicht gut", "le chat est avec la maison"]
-TGT = ["good morning tom", "die katze und der hund", "thank you very much", "mary hat ein buch",
-       "i am a dog", "bonjour vous", "that is not good", "the cat is with the house"]
+SRC = [
+    "guten morgen tom",
+    "the cat and the dog",
+    "merci beaucoup",
+    "mary has a book",
+    "ich bin ein hund",
+    "hello you",
+    "das ist nicht gut",
+    "le chat est avec la maison",
+]
+TGT = [
+    "good morning tom",
+    "die katze und der hund",
+    "thank you very much",
+    "mary hat ein buch",
+    "i am a dog",
+    "bonjour vous",
+    "that is not good",
+    "the cat is with the house",
+]
 
 
 def run(*args, input=None, ok=True):
@@ -69,7 +86,7 @@ def test_rank_two_files_tsv(ranked_model, files, tiny_encoder, tiny_head):
 
 
 def test_rank_pairs_tsv_header_and_symmetry(ranked_model, files, tmp_path):
-    pairs = write(tmp_path / "pairs.tsv", [f"{s}\t{t}" for s, t in zip(SRC, TGT)])
+    pairs = write(tmp_path / "pairs.tsv", [f"{s}\t{t}" for s, t in zip(SRC, TGT, strict=False)])
     r1 = run("rank", *files, "-m", ranked_model, "--header")
     r2 = run("rank", pairs, "-m", ranked_model, "--header")
     r3 = run("rank", files[1], files[0], "-m", ranked_model, "--header")  # swapped order
@@ -86,7 +103,7 @@ def test_rank_jsonl_and_small_chunks(ranked_model, files):
     assert all(len(x["probs"]) == 4 and abs(sum(x["probs"]) - 1) < 1e-5 for x in recs)
     whole = run("rank", *files, "-m", ranked_model, "--format", "jsonl").stdout
     whole = [json.loads(x) for x in whole.splitlines()]
-    for x, y in zip(recs, whole):  # chunking changes nothing
+    for x, y in zip(recs, whole, strict=False):  # chunking changes nothing
         assert x["rank"] == y["rank"] and np.allclose(x["probs"], y["probs"], atol=1e-5)
 
 
@@ -135,9 +152,21 @@ def test_mismatched_lengths(ranked_model, tmp_path):
 def test_mismatched_lengths_from_stdin_leaves_no_output(ranked_model, tmp_path):
     """Stdin cannot be counted up front: the lockstep reader finds the mismatch."""
     b, out = write(tmp_path / "b.txt", TGT[:5]), tmp_path / "r.jsonl"
-    r = run("rank", "-", b, "-m", ranked_model, "--chunk-lines", "2", "--format", "jsonl",
-            "-o", out,
-            input="".join(s + "\n" for s in SRC), ok=False)
+    r = run(
+        "rank",
+        "-",
+        b,
+        "-m",
+        ranked_model,
+        "--chunk-lines",
+        "2",
+        "--format",
+        "jsonl",
+        "-o",
+        out,
+        input="".join(s + "\n" for s in SRC),
+        ok=False,
+    )
     one_line_error(r, "<stdin> has 8 lines", "b.txt has 5")
     assert not out.exists() and not list(tmp_path.glob(".*"))
 
@@ -149,8 +178,11 @@ def test_tsv_line_without_tab(ranked_model, tmp_path):
 
 
 def test_missing_head(tiny_model, files):
-    one_line_error(run("rank", *files, "-m", tiny_model, ok=False),
-                   "model tiny-0 has no GMM head", "emmax train")
+    one_line_error(
+        run("rank", *files, "-m", tiny_model, ok=False),
+        "model tiny-0 has no GMM head",
+        "emmax train",
+    )
 
 
 def test_corrupt_head(ranked_model, files):
@@ -198,8 +230,9 @@ def test_real_ranks_translations_top_and_shuffled_zero(real_encoder):
     ev = read_tsv(heldout, 0, 200) if heldout.exists() else read_tsv(train_file, 10_000, 200)
     assert not {p[0] for p in fit} & {p[0] for p in ev}
     enc = real_encoder
-    head = fit_gmm_interpolation(enc.encode([p[0] for p in fit]), enc.encode([p[1] for p in fit]),
-                                 steps=50, seed=0)
+    head = fit_gmm_interpolation(
+        enc.encode([p[0] for p in fit]), enc.encode([p[1] for p in fit]), steps=50, seed=0
+    )
     src, tgt = [p[0] for p in ev], [p[1] for p in ev]
     shuffled = tgt[:]
     random.Random(0).shuffle(shuffled)
@@ -207,12 +240,16 @@ def test_real_ranks_translations_top_and_shuffled_zero(real_encoder):
     wrong = score_pairs(enc, head, src, shuffled)
     top = float((true.rank == 3).mean())
     zero = float((wrong.rank == 0).mean())
-    print(f"\ntranslations at rank 3: {top:.1%} {np.bincount(true.rank, minlength=4).tolist()}; "
-          f"shuffled at rank 0: {zero:.1%} {np.bincount(wrong.rank, minlength=4).tolist()}; "
-          f"rank means {head.rank_means.tolist()}")
+    print(
+        f"\ntranslations at rank 3: {top:.1%} {np.bincount(true.rank, minlength=4).tolist()}; "
+        f"shuffled at rank 0: {zero:.1%} {np.bincount(wrong.rank, minlength=4).tolist()}; "
+        f"rank means {head.rank_means.tolist()}"
+    )
     assert top >= 0.6 and zero >= 0.8
     assert (true.rank == 0).mean() <= 0.02 and (wrong.rank == 3).mean() <= 0.02
-    er = GMMHead.expected_rank(torch.from_numpy(true.probs)).mean() - \
-        GMMHead.expected_rank(torch.from_numpy(wrong.probs)).mean()
+    er = (
+        GMMHead.expected_rank(torch.from_numpy(true.probs)).mean()
+        - GMMHead.expected_rank(torch.from_numpy(wrong.probs)).mean()
+    )
     assert er > 2.0
     assert head.rank_means_ordered()

@@ -1,5 +1,6 @@
 """emmax train: config, data, losses, queue, the three phases on the tiny model, exact resume,
 a two-process gloo run, delta packaging, and the CLI."""
+
 from __future__ import annotations
 
 import json
@@ -17,7 +18,9 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
 TINY = REPO / "configs" / "train" / "tiny.toml"
 
-needs_data = pytest.mark.skipif(not (SHARED / "train").exists(), reason="../shared/data is not available")
+needs_data = pytest.mark.skipif(
+    not (SHARED / "train").exists(), reason="../shared/data is not available"
+)
 
 
 # ---- fixtures ---------------------------------------------------------------------------------
@@ -69,7 +72,12 @@ def test_config_defaults_are_the_papers():
     from emmax_cli.train.config import TrainConfig
 
     c = TrainConfig()
-    assert (c.loss.num_ranks, c.run.queue_size, c.run.momentum, c.loss.tau_min) == (4, 256, 0.999, 0.04)
+    assert (c.loss.num_ranks, c.run.queue_size, c.run.momentum, c.loss.tau_min) == (
+        4,
+        256,
+        0.999,
+        0.04,
+    )
     assert (c.optim.lr, c.optim.gmm_lr, c.run.batch_pairs) == (5e-4, 3e-5, 512)
     assert c.taus() == pytest.approx([0.08, 0.06, 0.04])
     c.loss.num_ranks = 2
@@ -105,7 +113,7 @@ def test_lr_schedule():
 
     lrs = [lr_at(s, 100, 1.0, 10) for s in range(100)]
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
-    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))  # cosine decay
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:], strict=False))  # cosine decay
     assert lr_at(100, 100, 1.0, 10) == pytest.approx(0.0)
 
 
@@ -173,7 +181,7 @@ def test_queue_wraps_and_key_copies_query():
 
     top = torch.nn.Linear(3, 3)
     mq = MomentumQueue(top, dim=3, size=5, momentum=0.9)
-    assert all(torch.equal(a, b) for a, b in zip(mq.key_top.parameters(), top.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(mq.key_top.parameters(), top.parameters(), strict=False))
     assert mq.entries().shape == (0, 3)  # starts empty: no random negatives (F7)
     mq.enqueue(torch.ones(3, 3))
     mq.enqueue(2 * torch.ones(4, 3))  # wraps around
@@ -197,7 +205,9 @@ def test_data_filters_eval_lines_and_is_deterministic(tmp_path):
     ev.mkdir()
     (ev / "x.txt").write_text("Guten  Morgen\n")
     par = tmp_path / "deu-eng.tsv"
-    par.write_text("".join(f"satz {i}\tsentence {i}\n" for i in range(20)) + "guten morgen\tgood morning\n")
+    par.write_text(
+        "".join(f"satz {i}\tsentence {i}\n" for i in range(20)) + "guten morgen\tgood morning\n"
+    )
     fr = tmp_path / "fra-eng.tsv"
     fr.write_text("".join(f"phrase {i}\tsentence {i}\n" for i in range(5)))
     mono = tmp_path / "deu.txt"
@@ -208,8 +218,16 @@ def test_data_filters_eval_lines_and_is_deterministic(tmp_path):
     assert sorted(s.lang for s in srcs) == ["deu", "fra"]
 
     def sampler():
-        return BatchSampler(srcs, find_sources([str(mono)], "mono"), 4, 2, alpha=0.3, seed=1,
-                            banned=banned, shuffle_buffer=4)
+        return BatchSampler(
+            srcs,
+            find_sources([str(mono)], "mono"),
+            4,
+            2,
+            alpha=0.3,
+            seed=1,
+            banned=banned,
+            shuffle_buffer=4,
+        )
 
     a = sampler()
     batches = [a.next() for _ in range(30)]
@@ -289,13 +307,22 @@ def _free_port() -> int:
 
 
 def _worker(rank: int, world: int, port: int, model: str, out: str, q) -> None:
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
     os.chdir(REPO)
     torch.set_num_threads(1)
     from emmax_cli.train.loop import Trainer
 
-    tr = Trainer(tiny_cfg(Path(model), Path(out), "phases.ctl_steps=4", "loss.mlm=false", "run.eval_every=100"))
+    tr = Trainer(
+        tiny_cfg(
+            Path(model), Path(out), "phases.ctl_steps=4", "loss.mlm=false", "run.eval_every=100"
+        )
+    )
     tr.run(["ctl"])
     w = torch.cat([p.detach().flatten() for p in tr.enc.top.parameters()])
     q.put((rank, float(w.sum()), [r["loss"] for r in tr.history], float(tr.mq.filled)))
@@ -309,8 +336,10 @@ def test_two_process_gloo(vocab_model, tmp_path):
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     port = _free_port()
-    procs = [ctx.Process(target=_worker, args=(r, 2, port, str(vocab_model), str(tmp_path / "run"), q))
-             for r in range(2)]
+    procs = [
+        ctx.Process(target=_worker, args=(r, 2, port, str(vocab_model), str(tmp_path / "run"), q))
+        for r in range(2)
+    ]
     for p in procs:
         p.start()
     res = sorted(q.get(timeout=120) for _ in procs)
@@ -366,14 +395,36 @@ def test_cli_train_ctl_and_errors(vocab_model, tmp_path, monkeypatch):
     from emmax_cli.cli import cli
 
     monkeypatch.chdir(REPO)
-    r = CliRunner().invoke(cli, ["train", "--config", str(TINY), "--phase", "ctl", "--out", str(tmp_path / "o"),
-                                 "--set", f'model.base="{vocab_model}"', "--set", "phases.ctl_steps=2",
-                                 "--set", "loss.mlm=false", "--seed", "3"], catch_exceptions=False)
+    r = CliRunner().invoke(
+        cli,
+        [
+            "train",
+            "--config",
+            str(TINY),
+            "--phase",
+            "ctl",
+            "--out",
+            str(tmp_path / "o"),
+            "--set",
+            f'model.base="{vocab_model}"',
+            "--set",
+            "phases.ctl_steps=2",
+            "--set",
+            "loss.mlm=false",
+            "--seed",
+            "3",
+        ],
+        catch_exceptions=False,
+    )
     assert r.exit_code == 0, r.stderr
     assert (tmp_path / "o" / "ctl" / "emmax.json").exists()
     r = CliRunner().invoke(cli, ["train", "--config", str(TINY), "--set", "run.bogus=1"])
     assert r.exit_code == 1 and "run.bogus" in r.stderr
-    r = CliRunner().invoke(cli, ["train", "--config", str(TINY), "--phase", "em", "--out", str(tmp_path / "x")])
+    r = CliRunner().invoke(
+        cli, ["train", "--config", str(TINY), "--phase", "em", "--out", str(tmp_path / "x")]
+    )
     assert r.exit_code == 1 and "run --phase gmm first" in r.stderr
-    r = CliRunner().invoke(cli, ["train", "--config", str(TINY), "--resume", "--out", str(tmp_path / "y")])
+    r = CliRunner().invoke(
+        cli, ["train", "--config", str(TINY), "--resume", "--out", str(tmp_path / "y")]
+    )
     assert r.exit_code == 1 and "no checkpoint" in r.stderr

@@ -3,6 +3,7 @@
 Each module returns dataclasses with a ``to_dict()``; nothing here prints. Plots live in
 ``plots.py`` (matplotlib, the optional ``plot`` extra). Definitions, formulas and sources are in
 ``docs/eval.md``. Submodules are imported lazily, so ``import emmax_cli.eval`` is cheap."""
+
 from __future__ import annotations
 
 _EXPORTS = {

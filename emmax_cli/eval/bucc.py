@@ -13,6 +13,7 @@ and applied to the test split (keep score >= threshold), scored as
     P = |E ∩ G| / |E|,  R = |E ∩ G| / |G|,  F1 = 2PR / (P + R).
 
 Default convention (XTREME): ``sample`` tunes, the official ``training`` split is reported."""
+
 from __future__ import annotations
 
 import logging
@@ -47,8 +48,10 @@ def read_sentences(path: str | os.PathLike) -> tuple[list[str], list[str]]:
             continue
         sid, tab, text = line.partition("\t")
         if not tab:
-            raise InputError(f"{path} line {i + 1}: expected ID<TAB>sentence",
-                             hint="BUCC sentence files have two tab-separated columns")
+            raise InputError(
+                f"{path} line {i + 1}: expected ID<TAB>sentence",
+                hint="BUCC sentence files have two tab-separated columns",
+            )
         ids.append(sid.strip())
         texts.append(text)
     return ids, texts
@@ -64,8 +67,10 @@ def read_gold(path: str | os.PathLike) -> set[tuple[str, str]]:
             continue
         parts = line.split("\t")
         if len(parts) < 2:
-            raise InputError(f"{path} line {i + 1}: expected SRC_ID<TAB>EN_ID",
-                             hint="BUCC gold files have two tab-separated columns")
+            raise InputError(
+                f"{path} line {i + 1}: expected SRC_ID<TAB>EN_ID",
+                hint="BUCC gold files have two tab-separated columns",
+            )
         gold.add((parts[0].strip(), parts[1].strip()))
     return gold
 
@@ -98,7 +103,9 @@ def pair_lang(pair: str) -> str:
     p = pair.strip().lower()
     lang = p.removesuffix("-en")
     if not re.fullmatch(r"[a-z]{2,3}", lang):
-        raise InputError(f"bad BUCC language pair {pair!r}", hint="use e.g. de-en,fr-en,ru-en,zh-en")
+        raise InputError(
+            f"bad BUCC language pair {pair!r}", hint="use e.g. de-en,fr-en,ru-en,zh-en"
+        )
     return lang
 
 
@@ -109,12 +116,16 @@ def find_split(directory: str | os.PathLike, lang: str, prefer: Sequence[str]) -
         raise InputError(f"{d}: not a directory", hint="pass the folder holding the BUCC files")
     found = {s: p for (lg, s), p in _split_files(d).items() if lg == lang}
     if not found:
-        raise InputError(f"{d}: no {lang}-en.<split>.{{{lang},en}} files",
-                         hint="expected BUCC 2018 files such as de-en.sample.de and de-en.sample.en")
+        raise InputError(
+            f"{d}: no {lang}-en.<split>.{{{lang},en}} files",
+            hint="expected BUCC 2018 files such as de-en.sample.de and de-en.sample.en",
+        )
     names = [s for s in prefer if s in found] or sorted(found)
     if len(names) > 1 and not any(s in found for s in prefer):
-        raise InputError(f"{d}: several {lang}-en splits ({', '.join(sorted(found))})",
-                         hint="pass a folder that holds one split")
+        raise InputError(
+            f"{d}: several {lang}-en splits ({', '.join(sorted(found))})",
+            hint="pass a folder that holds one split",
+        )
     split = names[0]
     en = found[split]
     src = en.parent / f"{lang}-en.{split}.{lang}"
@@ -130,8 +141,14 @@ def available_pairs(directory: str | os.PathLike) -> list[str]:
     return [f"{lg}-en" for lg in langs]
 
 
-def write_split(directory: str | os.PathLike, lang: str, split: str, src: Iterable[tuple[str, str]],
-                tgt: Iterable[tuple[str, str]], gold: Iterable[tuple[str, str]] | None = None) -> None:
+def write_split(
+    directory: str | os.PathLike,
+    lang: str,
+    split: str,
+    src: Iterable[tuple[str, str]],
+    tgt: Iterable[tuple[str, str]],
+    gold: Iterable[tuple[str, str]] | None = None,
+) -> None:
     """Write a split in BUCC format (used by tests and to build small BUCC-style sets)."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
@@ -145,14 +162,23 @@ def write_split(directory: str | os.PathLike, lang: str, split: str, src: Iterab
 
 
 # ---- metric and threshold -------------------------------------------------------------------
-def bucc_metrics(pred_pairs: Iterable[tuple[str, str]], gold_pairs: Iterable[tuple[str, str]]) -> dict[str, Any]:
+def bucc_metrics(
+    pred_pairs: Iterable[tuple[str, str]], gold_pairs: Iterable[tuple[str, str]]
+) -> dict[str, Any]:
     """P = |E∩G|/|E|, R = |E∩G|/|G|, F1 = 2PR/(P+R) over sets of ID pairs (0 when undefined)."""
     E, G = set(pred_pairs), set(gold_pairs)
     tp = len(E & G)
     p = tp / len(E) if E else 0.0
     r = tp / len(G) if G else 0.0
     f1 = 2 * p * r / (p + r) if p + r > 0 else 0.0
-    return {"precision": p, "recall": r, "f1": f1, "n_pred": len(E), "n_gold": len(G), "n_correct": tp}
+    return {
+        "precision": p,
+        "recall": r,
+        "f1": f1,
+        "n_pred": len(E),
+        "n_gold": len(G),
+        "n_correct": tp,
+    }
 
 
 @dataclass
@@ -163,17 +189,21 @@ class Candidates:
     scores: np.ndarray  # (m,) float32
 
     def above(self, threshold: float) -> list[tuple[str, str]]:
-        return [p for p, s in zip(self.pairs, self.scores) if s >= threshold]
+        return [p for p, s in zip(self.pairs, self.scores, strict=False) if s >= threshold]
 
 
-def tune_threshold(cands: Candidates, gold: set[tuple[str, str]]) -> tuple[float, float, float, float]:
+def tune_threshold(
+    cands: Candidates, gold: set[tuple[str, str]]
+) -> tuple[float, float, float, float]:
     """``(threshold, P, R, F1)``: best F1 over the candidates (midpoint rule, LASER
     ``BuccOptimize``; ties in score form one group), recall over all ``len(gold)`` pairs."""
     from ..mine import calibrate_threshold
 
     if not gold:
-        raise InputError("cannot tune a threshold without gold pairs",
-                         hint="the tuning split needs its .gold file")
+        raise InputError(
+            "cannot tune a threshold without gold pairs",
+            hint="the tuning split needs its .gold file",
+        )
     correct = np.fromiter((p in gold for p in cands.pairs), dtype=bool, count=len(cands.pairs))
     return calibrate_threshold(cands.scores, correct, n_gold=len(gold))
 
@@ -181,29 +211,36 @@ def tune_threshold(cands: Candidates, gold: set[tuple[str, str]]) -> tuple[float
 def _unique_text_ids(ids: Sequence[str], texts: Sequence[str]) -> dict[str, str]:
     """text -> ID for texts that occur exactly once (LASER drops the ambiguous ones)."""
     seen: dict[str, str | None] = {}
-    for i, t in zip(ids, texts):
+    for i, t in zip(ids, texts, strict=False):
         seen[t] = None if t in seen else i
     return {t: i for t, i in seen.items() if i is not None}
 
 
-def mine_split(encoder, split: BuccSplit, k: int = 4, progress: Progress | None = None,
-               batch_tokens: int = 8192) -> Candidates:
+def mine_split(
+    encoder,
+    split: BuccSplit,
+    k: int = 4,
+    progress: Progress | None = None,
+    batch_tokens: int = 8192,
+) -> Candidates:
     """Embed the unique sentences of a split, mine (ratio margin, ``max``), map back to IDs."""
     from ..mine import mine, unify
 
     progress = progress or null_progress
     if not split.src_texts or not split.tgt_texts:
-        raise InputError(f"{split.pair} {split.split}: a side is empty", hint="check the BUCC files")
+        raise InputError(
+            f"{split.pair} {split.split}: a side is empty", hint="check the BUCC files"
+        )
     s_keep, _ = unify(split.src_texts)
     t_keep, _ = unify(split.tgt_texts)
     s_txt = [split.src_texts[i] for i in s_keep]
     t_txt = [split.tgt_texts[i] for i in t_keep]
     emb = encoder.encode(s_txt + t_txt, batch_tokens=batch_tokens, progress=progress)
-    res = mine(emb[: len(s_txt)], emb[len(s_txt):], k=k, margin="ratio", retrieval="max")
+    res = mine(emb[: len(s_txt)], emb[len(s_txt) :], k=k, margin="ratio", retrieval="max")
     s_map = _unique_text_ids(split.src_ids, split.src_texts)
     t_map = _unique_text_ids(split.tgt_ids, split.tgt_texts)
     best: dict[tuple[str, str], float] = {}
-    for si, ti, sc in zip(res.src_idx.tolist(), res.tgt_idx.tolist(), res.score.tolist()):
+    for si, ti, sc in zip(res.src_idx.tolist(), res.tgt_idx.tolist(), res.score.tolist(), strict=False):
         a, b = s_map.get(s_txt[si]), t_map.get(t_txt[ti])
         if a is None or b is None:
             continue
@@ -248,26 +285,36 @@ class BuccResult:
     def to_dict(self) -> dict[str, Any]:
         return {
             "task": "bucc2018",
-            "protocol": ("threshold tuned on the first folder's split (best F1, midpoint rule), applied "
-                         f"to the second's; ratio margin, k={self.k}, max retrieval, unified duplicates; "
-                         "P/R/F1 as fractions"),
+            "protocol": (
+                "threshold tuned on the first folder's split (best F1, midpoint rule), applied "
+                f"to the second's; ratio margin, k={self.k}, max retrieval, unified duplicates; "
+                "P/R/F1 as fractions"
+            ),
             "model": self.model,
             "average_f1": self.average_f1,
             "pairs": {p.pair: asdict(p) for p in self.pairs},
         }
 
 
-def eval_bucc(encoder, sample_dir: str | os.PathLike, test_dir: str | os.PathLike,
-              pairs: str | Sequence[str] | None = None, k: int = 4, progress: Progress | None = None,
-              batch_tokens: int = 8192) -> BuccResult:
+def eval_bucc(
+    encoder,
+    sample_dir: str | os.PathLike,
+    test_dir: str | os.PathLike,
+    pairs: str | Sequence[str] | None = None,
+    k: int = 4,
+    progress: Progress | None = None,
+    batch_tokens: int = 8192,
+) -> BuccResult:
     """BUCC P/R/F1 per language pair: tune the threshold on ``sample_dir``'s split, score
     ``test_dir``'s split. ``pairs``: ``"de-en,fr-en"``, a list, or None (all pairs found in
     ``test_dir``). With the XTREME convention pass the ``sample`` and ``training`` folders."""
     if pairs is None:
         wanted = available_pairs(test_dir)
         if not wanted:
-            raise InputError(f"{test_dir}: no BUCC files found",
-                             hint="expected files such as de-en.training.de / .en / .gold")
+            raise InputError(
+                f"{test_dir}: no BUCC files found",
+                hint="expected files such as de-en.training.de / .en / .gold",
+            )
     else:
         wanted = [p for p in (pairs.split(",") if isinstance(pairs, str) else pairs) if p.strip()]
     out = []
@@ -276,8 +323,10 @@ def eval_bucc(encoder, sample_dir: str | os.PathLike, test_dir: str | os.PathLik
         tune = find_split(sample_dir, lang, SAMPLE_SPLITS)
         test = find_split(test_dir, lang, TEST_SPLITS)
         if tune.gold is None:
-            raise InputError(f"{sample_dir}: no {lang}-en.{tune.split}.gold",
-                             hint="the tuning split needs gold pairs")
+            raise InputError(
+                f"{sample_dir}: no {lang}-en.{tune.split}.gold",
+                hint="the tuning split needs gold pairs",
+            )
         c_tune = mine_split(encoder, tune, k=k, progress=progress, batch_tokens=batch_tokens)
         thr, tp, tr, tf = tune_threshold(c_tune, tune.gold)
         c_test = mine_split(encoder, test, k=k, progress=progress, batch_tokens=batch_tokens)
@@ -287,10 +336,33 @@ def eval_bucc(encoder, sample_dir: str | os.PathLike, test_dir: str | os.PathLik
             P, R, F, ng, nc = m["precision"], m["recall"], m["f1"], m["n_gold"], m["n_correct"]
         else:
             P = R = F = ng = nc = None
-        log.info("%s: threshold %.4f (tuned on %s, F1 %.4f); %s F1 %s", tune.pair, thr, tune.split, tf,
-                 test.split, "n/a" if F is None else f"{F:.4f}")
-        out.append(BuccPair(pair=tune.pair, tune_split=tune.split, test_split=test.split, threshold=thr,
-                            tune_precision=tp, tune_recall=tr, tune_f1=tf, precision=P, recall=R, f1=F,
-                            n_pred=len(pred), n_gold=ng, n_correct=nc, n_candidates=len(c_test.pairs),
-                            n_src=len(test.src_ids), n_tgt=len(test.tgt_ids)))
+        log.info(
+            "%s: threshold %.4f (tuned on %s, F1 %.4f); %s F1 %s",
+            tune.pair,
+            thr,
+            tune.split,
+            tf,
+            test.split,
+            "n/a" if F is None else f"{F:.4f}",
+        )
+        out.append(
+            BuccPair(
+                pair=tune.pair,
+                tune_split=tune.split,
+                test_split=test.split,
+                threshold=thr,
+                tune_precision=tp,
+                tune_recall=tr,
+                tune_f1=tf,
+                precision=P,
+                recall=R,
+                f1=F,
+                n_pred=len(pred),
+                n_gold=ng,
+                n_correct=nc,
+                n_candidates=len(c_test.pairs),
+                n_src=len(test.src_ids),
+                n_tgt=len(test.tgt_ids),
+            )
+        )
     return BuccResult(pairs=out, k=k, model=dict(encoder.meta))

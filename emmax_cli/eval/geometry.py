@@ -12,6 +12,7 @@ S = Σ v, S_l = Σ over language l, s_i = Σ over the L renderings of meaning i.
 * isotropy: Mu & Viswanath (2018) partition-function ratio min_u Z(u) / max_u Z(u), with
   Z(u) = Σ_v exp(uᵀv) over ±eigenvectors u of VᵀV (also: of the covariance; 1 = isotropic), and the mean
   cosine of random pairs of different meanings (0 for an isotropic space)."""
+
 from __future__ import annotations
 
 import logging
@@ -50,7 +51,9 @@ def invariance_cosines(E: np.ndarray) -> dict[str, float]:
     out["translation"] = (mean_sum - self_sum) / (n * L * (L - 1)) if L > 1 else float("nan")
     out["random_monolingual"] = (lang_sum - self_sum) / (L * n * (n - 1)) if n > 1 else float("nan")
     cnt = N * N - L * n * n - n * L * L + N
-    out["random_crosslingual"] = (all_sum - lang_sum - mean_sum + self_sum) / cnt if cnt > 0 else float("nan")
+    out["random_crosslingual"] = (
+        (all_sum - lang_sum - mean_sum + self_sum) / cnt if cnt > 0 else float("nan")
+    )
     cnt_diff = N * N - n * L * L  # pairs of different meaning (any language)
     out["random_any"] = (all_sum - mean_sum) / cnt_diff if cnt_diff > 0 else float("nan")
     return out
@@ -63,7 +66,9 @@ def calinski_harabasz(X: np.ndarray, labels: np.ndarray) -> float:
     uniq, inv = np.unique(labels, return_inverse=True)
     k, N = len(uniq), len(X)
     if k < 2 or k >= N:
-        raise InputError(f"Calinski-Harabasz needs 2 <= clusters < points (got {k} clusters, {N} points)")
+        raise InputError(
+            f"Calinski-Harabasz needs 2 <= clusters < points (got {k} clusters, {N} points)"
+        )
     mu = X.mean(axis=0)
     counts = np.bincount(inv, minlength=k).astype(np.float64)
     sums = np.zeros((k, X.shape[1]))
@@ -99,8 +104,15 @@ def _logsumexp(P: np.ndarray) -> np.ndarray:
     return m + np.log(np.exp(P - m).sum(axis=0))
 
 
-def language_probe(X: np.ndarray, lang_labels: np.ndarray, meaning: np.ndarray, test_frac: float = 0.3,
-                   seed: int = 0, l2: float = 1e-3, max_iter: int = 200) -> dict[str, float]:
+def language_probe(
+    X: np.ndarray,
+    lang_labels: np.ndarray,
+    meaning: np.ndarray,
+    test_frac: float = 0.3,
+    seed: int = 0,
+    l2: float = 1e-3,
+    max_iter: int = 200,
+) -> dict[str, float]:
     """Multinomial logistic regression predicting the language from an embedding.
 
     Train and test sets are split by meaning (test meanings are unseen in training), features
@@ -116,7 +128,9 @@ def language_probe(X: np.ndarray, lang_labels: np.ndarray, meaning: np.ndarray, 
     test_ids = rng.permutation(ids)[: max(1, round(len(ids) * test_frac))]
     test = np.isin(meaning, test_ids)
     if test.all() or not test.any():
-        raise InputError("language probe needs at least two meanings", hint="use more sentences (--n)")
+        raise InputError(
+            "language probe needs at least two meanings", hint="use more sentences (--n)"
+        )
     mu, sd = X[~test].mean(0), X[~test].std(0) + 1e-6
     Xt = torch.from_numpy((X - mu) / sd)
     yt = torch.from_numpy(y.astype(np.int64))
@@ -138,8 +152,13 @@ def language_probe(X: np.ndarray, lang_labels: np.ndarray, meaning: np.ndarray, 
         pred = (Xt @ W + b).argmax(1)
         acc_te = float((pred[te] == yt[te]).float().mean())
         acc_tr = float((pred[tr] == yt[tr]).float().mean())
-    return {"test_accuracy": acc_te, "train_accuracy": acc_tr, "chance": 1.0 / n_classes,
-            "n_train": int((~test).sum()), "n_test": int(test.sum())}
+    return {
+        "test_accuracy": acc_te,
+        "train_accuracy": acc_tr,
+        "chance": 1.0 / n_classes,
+        "n_train": int((~test).sum()),
+        "n_test": int(test.sum()),
+    }
 
 
 def pca_2d(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -167,14 +186,22 @@ class GeometryResult:
     pca_variance: list[float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"task": "geometry", "langs": self.langs, "n": self.n, "model": self.model,
-                "invariance": self.invariance, "canonical_form": self.canonical,
-                "isotropy": self.isotropy, "pca_variance": self.pca_variance,
-                "definitions": "docs/eval.md"}
+        return {
+            "task": "geometry",
+            "langs": self.langs,
+            "n": self.n,
+            "model": self.model,
+            "invariance": self.invariance,
+            "canonical_form": self.canonical,
+            "isotropy": self.isotropy,
+            "pca_variance": self.pca_variance,
+            "definitions": "docs/eval.md",
+        }
 
 
-def geometry_from_embeddings(E: np.ndarray, langs: Sequence[str], seed: int = 0,
-                             xsim_margin: str | None = "ratio") -> GeometryResult:
+def geometry_from_embeddings(
+    E: np.ndarray, langs: Sequence[str], seed: int = 0, xsim_margin: str | None = "ratio"
+) -> GeometryResult:
     """All metrics from aligned embeddings E (L, n, d)."""
     L, n, d = E.shape
     if L < 2 or n < 3:
@@ -184,26 +211,47 @@ def geometry_from_embeddings(E: np.ndarray, langs: Sequence[str], seed: int = 0,
     meaning = np.tile(np.arange(n), L)
     inv = invariance_cosines(E)
     xs = xsim_from_embeddings({lg: E[i] for i, lg in enumerate(langs)}, None, margin=xsim_margin)
-    invariance = {"translation_cosine": inv["translation"],
-                  "random_crosslingual_cosine": inv["random_crosslingual"],
-                  "gap": inv["translation"] - inv["random_crosslingual"],
-                  "random_monolingual_cosine": inv["random_monolingual"],
-                  "xsim_error": xs.average, "xsim_margin": xs.margin or "cosine"}
-    canonical = {"lang_probe": language_probe(X, lang_lab, meaning, seed=seed),
-                 "ch_by_meaning": calinski_harabasz(X, meaning),
-                 "ch_by_language": calinski_harabasz(X, lang_lab)}
-    isotropy = {"partition_ratio": partition_ratio(X),
-                "partition_ratio_cov": partition_ratio(X, basis="covariance"),
-                "random_pair_cosine": inv["random_any"]}
+    invariance = {
+        "translation_cosine": inv["translation"],
+        "random_crosslingual_cosine": inv["random_crosslingual"],
+        "gap": inv["translation"] - inv["random_crosslingual"],
+        "random_monolingual_cosine": inv["random_monolingual"],
+        "xsim_error": xs.average,
+        "xsim_margin": xs.margin or "cosine",
+    }
+    canonical = {
+        "lang_probe": language_probe(X, lang_lab, meaning, seed=seed),
+        "ch_by_meaning": calinski_harabasz(X, meaning),
+        "ch_by_language": calinski_harabasz(X, lang_lab),
+    }
+    isotropy = {
+        "partition_ratio": partition_ratio(X),
+        "partition_ratio_cov": partition_ratio(X, basis="covariance"),
+        "random_pair_cosine": inv["random_any"],
+    }
     pts, var = pca_2d(X)
-    return GeometryResult(langs=list(langs), n=n, invariance=invariance, canonical=canonical,
-                          isotropy=isotropy, points=pts, point_lang=[langs[i] for i in lang_lab],
-                          point_meaning=meaning, pca_variance=[float(v) for v in var])
+    return GeometryResult(
+        langs=list(langs),
+        n=n,
+        invariance=invariance,
+        canonical=canonical,
+        isotropy=isotropy,
+        points=pts,
+        point_lang=[langs[i] for i in lang_lab],
+        point_meaning=meaning,
+        pca_variance=[float(v) for v in var],
+    )
 
 
-def eval_geometry(encoder, data_dir: str | os.PathLike, langs: Sequence[str] | str | None = None,
-                  n: int | None = 200, seed: int = 0, progress: Progress | None = None,
-                  batch_tokens: int = 8192) -> GeometryResult:
+def eval_geometry(
+    encoder,
+    data_dir: str | os.PathLike,
+    langs: Sequence[str] | str | None = None,
+    n: int | None = 200,
+    seed: int = 0,
+    progress: Progress | None = None,
+    batch_tokens: int = 8192,
+) -> GeometryResult:
     """Invariance, canonical form and isotropy on the first ``n`` lines of a multi-way folder
     (``flores200/devtest``, ``ud_pud``) for ``langs`` (comma string or list; None: all files)."""
     if isinstance(langs, str):

@@ -3,6 +3,7 @@
 * :func:`plot_tatoeba`: per-language accuracy bars, xx->eng and eng->xx, sorted by their mean.
 * :func:`plot_geometry`: 2-D PCA of multi-way sentences, coloured by language (left) and by
   meaning (right)."""
+
 from __future__ import annotations
 
 import os
@@ -50,9 +51,14 @@ def plot_tatoeba(result: Any, path: str | os.PathLike, title: str | None = None)
     for key, style in (("xtreme36", "--"), ("all", ":")):
         av = d.get("averages", {}).get(key)
         if av and (key == "xtreme36" or "xtreme36" not in d["averages"] or av["n_langs"] != 36):
-            ax.axhline(av["mean"] * 100, color="0.3", ls=style, lw=1,
-                       label=f"{'XTREME-36' if key == 'xtreme36' else 'all ' + str(av['n_langs'])} "
-                             f"mean {av['mean'] * 100:.1f}")
+            ax.axhline(
+                av["mean"] * 100,
+                color="0.3",
+                ls=style,
+                lw=1,
+                label=f"{'XTREME-36' if key == 'xtreme36' else 'all ' + str(av['n_langs'])} "
+                f"mean {av['mean'] * 100:.1f}",
+            )
     ax.set_xticks(x, langs, rotation=90, fontsize=8)
     ax.set_xlim(-0.7, len(rows) - 0.3)
     ax.set_ylim(0, 100)
@@ -69,15 +75,18 @@ def plot_tatoeba(result: Any, path: str | os.PathLike, title: str | None = None)
         plt.close(fig)
 
 
-def plot_geometry(result: Any, path: str | os.PathLike, title: str | None = None,
-                  n_highlight: int = 12) -> Path:
+def plot_geometry(
+    result: Any, path: str | os.PathLike, title: str | None = None, n_highlight: int = 12
+) -> Path:
     """Two panels of the 2-D PCA of a :class:`~emmax_cli.eval.geometry.GeometryResult`:
     points coloured by language, and the same points with ``n_highlight`` meanings in colour
     (each meaning's renderings joined to their centroid; the other meanings grey)."""
     plt = _pyplot()
     if getattr(result, "points", None) is None:
-        raise EmmaxError("this geometry result holds no projected points",
-                         hint="pass the result of eval_geometry(), not its JSON")
+        raise EmmaxError(
+            "this geometry result holds no projected points",
+            hint="pass the result of eval_geometry(), not its JSON",
+        )
     P = np.asarray(result.points)
     langs = list(result.langs)
     lab = np.array(result.point_lang)
@@ -86,9 +95,13 @@ def plot_geometry(result: Any, path: str | os.PathLike, title: str | None = None
     cmap = plt.get_cmap("tab10" if len(langs) <= 10 else "tab20")
     for i, lg in enumerate(langs):
         m = lab == lg
-        ax1.scatter(P[m, 0], P[m, 1], s=9, alpha=0.75, color=cmap(i % cmap.N), label=lg, linewidths=0)
+        ax1.scatter(
+            P[m, 0], P[m, 1], s=9, alpha=0.75, color=cmap(i % cmap.N), label=lg, linewidths=0
+        )
     ax1.set_title("coloured by language")
-    ax1.legend(fontsize=8, markerscale=2, loc="best", ncol=2 if len(langs) > 8 else 1, framealpha=0.85)
+    ax1.legend(
+        fontsize=8, markerscale=2, loc="best", ncol=2 if len(langs) > 8 else 1, framealpha=0.85
+    )
 
     ax2.scatter(P[:, 0], P[:, 1], s=6, color="0.82", linewidths=0, label="other meanings")
     ids = np.unique(mean_id)
@@ -102,7 +115,9 @@ def plot_geometry(result: Any, path: str | os.PathLike, title: str | None = None
             ax2.plot([c[0], p[0]], [c[1], p[1]], color=col, lw=0.6, alpha=0.7)
         ax2.scatter(P[m, 0], P[m, 1], s=16, color=col, linewidths=0)
         ax2.annotate(f"#{int(sid)}", c, fontsize=7, color="0.15")
-    ax2.set_title(f"coloured by meaning ({len(pick)} of {len(ids)} sentences; lines join translations)")
+    ax2.set_title(
+        f"coloured by meaning ({len(pick)} of {len(ids)} sentences; lines join translations)"
+    )
     var = result.pca_variance or [float("nan")] * 2
     for ax in (ax1, ax2):
         ax.set_xlabel(f"PC1 ({var[0] * 100:.1f}% var)")

@@ -6,6 +6,7 @@ aligned line (exact cosine search, index-based); eng->xx the reverse. The text-b
 counts a retrieval as correct when the retrieved text equals the gold text. Optional
 ``margin="ratio"``: the 4 nearest candidates are rescored by the ratio margin (LASER xsim).
 Averages are unweighted means over languages, labelled ``XTREME-36`` and ``all (N languages)``."""
+
 from __future__ import annotations
 
 import logging
@@ -24,7 +25,44 @@ from .xsim import DEFAULT_K, errors, normalize_margin, retrieve_both
 log = logging.getLogger(__name__)
 
 # The 36 XTREME Tatoeba languages (ISO 639-3, as in LASER's file names).
-XTREME36 = ["afr", "ara", "bul", "ben", "deu", "ell", "spa", "est", "eus", "pes", "fin", "fra", "heb", "hin", "hun", "ind", "ita", "jpn", "jav", "kat", "kaz", "kor", "mal", "mar", "nld", "por", "rus", "swh", "tam", "tel", "tha", "tgl", "tur", "urd", "vie", "cmn"]
+XTREME36 = [
+    "afr",
+    "ara",
+    "bul",
+    "ben",
+    "deu",
+    "ell",
+    "spa",
+    "est",
+    "eus",
+    "pes",
+    "fin",
+    "fra",
+    "heb",
+    "hin",
+    "hun",
+    "ind",
+    "ita",
+    "jpn",
+    "jav",
+    "kat",
+    "kaz",
+    "kor",
+    "mal",
+    "mar",
+    "nld",
+    "por",
+    "rus",
+    "swh",
+    "tam",
+    "tel",
+    "tha",
+    "tgl",
+    "tur",
+    "urd",
+    "vie",
+    "cmn",
+]
 
 
 @dataclass
@@ -60,8 +98,10 @@ class TatoebaResult:
     def to_dict(self) -> dict[str, Any]:
         return {
             "task": "tatoeba",
-            "protocol": ("LASER/XTREME Tatoeba v1: accuracy (fraction) of exact nearest-neighbour "
-                         "retrieval over the n aligned lines, index-based; *_text: text-based"),
+            "protocol": (
+                "LASER/XTREME Tatoeba v1: accuracy (fraction) of exact nearest-neighbour "
+                "retrieval over the n aligned lines, index-based; *_text: text-based"
+            ),
             "retrieval": "cosine" if self.margin is None else f"{self.margin} margin, k={self.k}",
             "model": self.model,
             "averages": self.averages,
@@ -73,7 +113,7 @@ def available_langs(data_dir: str | os.PathLike) -> list[str]:
     d = Path(data_dir)
     if not d.is_dir():
         raise InputError(f"{d}: not a directory", hint="pass the tatoeba/v1 folder")
-    langs = sorted(p.name[len("tatoeba."):-len("-eng.eng")] for p in d.glob("tatoeba.*-eng.eng"))
+    langs = sorted(p.name[len("tatoeba.") : -len("-eng.eng")] for p in d.glob("tatoeba.*-eng.eng"))
     if not langs:
         raise InputError(f"{d}: no tatoeba.<xxx>-eng.eng files", hint="pass the tatoeba/v1 folder")
     return langs
@@ -94,8 +134,10 @@ def resolve_langs(data_dir: str | os.PathLike, langs: str | Sequence[str] = "xtr
         wanted = list(langs)
     missing = [x for x in wanted if x not in have]
     if missing:
-        raise InputError(f"{data_dir}: no Tatoeba files for {', '.join(missing)}",
-                         hint="use ISO 639-3 codes as in the file names, e.g. deu,fra,cmn")
+        raise InputError(
+            f"{data_dir}: no Tatoeba files for {', '.join(missing)}",
+            hint="use ISO 639-3 codes as in the file names, e.g. deu,fra,cmn",
+        )
     if not wanted:
         raise InputError("no languages selected", hint="use --langs xtreme, all or a comma list")
     return list(dict.fromkeys(wanted))
@@ -110,26 +152,48 @@ def count_sentences(data_dir: str | os.PathLike, langs: Sequence[str]) -> int:
     """Sentences to embed (both sides) for ``langs``: a progress total."""
     from ..io.text import count_lines
 
-    return sum((count_lines(a) or 0) + (count_lines(b) or 0) for a, b in (lang_files(data_dir, x) for x in langs))
+    return sum(
+        (count_lines(a) or 0) + (count_lines(b) or 0)
+        for a, b in (lang_files(data_dir, x) for x in langs)
+    )
 
 
-def score_lang(lang: str, X: np.ndarray, E: np.ndarray, xx_texts: Sequence[str], eng_texts: Sequence[str],
-               margin: str | None = None, k: int = DEFAULT_K) -> TatoebaLang:
+def score_lang(
+    lang: str,
+    X: np.ndarray,
+    E: np.ndarray,
+    xx_texts: Sequence[str],
+    eng_texts: Sequence[str],
+    margin: str | None = None,
+    k: int = DEFAULT_K,
+) -> TatoebaLang:
     """Accuracies for one language from its embeddings (X: xx side, E: English side)."""
     n = len(X)
     p_xe, p_ex = retrieve_both(X, E, margin=margin, k=k)
     e_xe, et_xe = errors(p_xe, xx_texts, eng_texts)
     e_ex, et_ex = errors(p_ex, eng_texts, xx_texts)
-    return TatoebaLang(lang=lang, n=n, xx2eng=1 - e_xe / n, eng2xx=1 - e_ex / n,
-                       xx2eng_text=1 - et_xe / n, eng2xx_text=1 - et_ex / n)
+    return TatoebaLang(
+        lang=lang,
+        n=n,
+        xx2eng=1 - e_xe / n,
+        eng2xx=1 - e_ex / n,
+        xx2eng_text=1 - et_xe / n,
+        eng2xx_text=1 - et_ex / n,
+    )
 
 
 def _average(rows: list[TatoebaLang], label: str) -> dict[str, Any]:
     a = float(np.mean([r.xx2eng for r in rows]))
     b = float(np.mean([r.eng2xx for r in rows]))
-    return {"label": label, "n_langs": len(rows), "xx2eng": a, "eng2xx": b, "mean": (a + b) / 2,
-            "xx2eng_text": float(np.mean([r.xx2eng_text for r in rows])),
-            "eng2xx_text": float(np.mean([r.eng2xx_text for r in rows]))}
+    return {
+        "label": label,
+        "n_langs": len(rows),
+        "xx2eng": a,
+        "eng2xx": b,
+        "mean": (a + b) / 2,
+        "xx2eng_text": float(np.mean([r.xx2eng_text for r in rows])),
+        "eng2xx_text": float(np.mean([r.eng2xx_text for r in rows])),
+    }
 
 
 def averages(rows: list[TatoebaLang]) -> dict[str, dict[str, Any]]:
@@ -137,14 +201,22 @@ def averages(rows: list[TatoebaLang]) -> dict[str, dict[str, Any]]:
     out = {}
     by = {r.lang: r for r in rows}
     if all(x in by for x in XTREME36):
-        out["xtreme36"] = _average([by[x] for x in XTREME36], "XTREME-36 (unweighted mean of 36 languages)")
+        out["xtreme36"] = _average(
+            [by[x] for x in XTREME36], "XTREME-36 (unweighted mean of 36 languages)"
+        )
     out["all"] = _average(rows, f"all evaluated ({len(rows)} languages, unweighted mean)")
     return out
 
 
-def eval_tatoeba(encoder, data_dir: str | os.PathLike, langs: str | Sequence[str] = "xtreme",
-                 margin: str | None = None, k: int = DEFAULT_K, progress: Progress | None = None,
-                 batch_tokens: int = 8192) -> TatoebaResult:
+def eval_tatoeba(
+    encoder,
+    data_dir: str | os.PathLike,
+    langs: str | Sequence[str] = "xtreme",
+    margin: str | None = None,
+    k: int = DEFAULT_K,
+    progress: Progress | None = None,
+    batch_tokens: int = 8192,
+) -> TatoebaResult:
     """Tatoeba accuracy per language, both directions, and labelled averages.
 
     ``langs``: ``"xtreme"`` (36), ``"all"`` (every language in ``data_dir``), a comma string or a
@@ -161,10 +233,14 @@ def eval_tatoeba(encoder, data_dir: str | os.PathLike, langs: str | Sequence[str
             raise InputError(f"{fx}: no such file", hint="each language needs both sides")
         xx, eng = read_lines(fx), read_lines(fe)
         if len(xx) != len(eng):
-            raise InputError(f"{lang}: {len(xx)} {lang} lines but {len(eng)} English lines",
-                             hint="the two Tatoeba files must be line-aligned")
+            raise InputError(
+                f"{lang}: {len(xx)} {lang} lines but {len(eng)} English lines",
+                hint="the two Tatoeba files must be line-aligned",
+            )
         emb = encoder.encode(xx + eng, batch_tokens=batch_tokens, progress=progress)
-        row = score_lang(lang, emb[: len(xx)], emb[len(xx):], xx, eng, margin=margin, k=k)
+        row = score_lang(lang, emb[: len(xx)], emb[len(xx) :], xx, eng, margin=margin, k=k)
         log.debug("%s: xx2eng %.4f eng2xx %.4f (n=%d)", lang, row.xx2eng, row.eng2xx, row.n)
         rows.append(row)
-    return TatoebaResult(languages=rows, margin=margin, k=k, averages=averages(rows), model=dict(encoder.meta))
+    return TatoebaResult(
+        languages=rows, margin=margin, k=k, averages=averages(rows), model=dict(encoder.meta)
+    )

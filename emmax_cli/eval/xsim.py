@@ -6,6 +6,7 @@ cosine, or, with a margin, the best of its k nearest targets rescored by the mar
 is 100 * #{i : aligned(i) != i} / n (index-based), or counts i whose retrieved *text* differs from
 the text of line i (text-based, forgives duplicate targets). Exact search (numpy matmul over
 row blocks); no approximate index is ever used here, so figures compare with published ones."""
+
 from __future__ import annotations
 
 import logging
@@ -76,7 +77,9 @@ def knn_both(X: np.ndarray, Y: np.ndarray, k: int, block: int = _BLOCK):
     return fwd_s, fwd_i, col_s.T.copy(), col_i.T.copy()
 
 
-def nearest_both(X: np.ndarray, Y: np.ndarray, block: int = _BLOCK) -> tuple[np.ndarray, np.ndarray]:
+def nearest_both(
+    X: np.ndarray, Y: np.ndarray, block: int = _BLOCK
+) -> tuple[np.ndarray, np.ndarray]:
     """Exact nearest neighbour by cosine, X->Y and Y->X (ties go to the lowest index)."""
     n, m = len(X), len(Y)
     fwd = np.empty(n, dtype=np.int64)
@@ -99,8 +102,9 @@ def _margin_pick(cand_s, cand_i, own_mean, other_mean, margin: str) -> np.ndarra
     return cand_i[np.arange(len(cand_i)), score.argmax(axis=1)]
 
 
-def retrieve_both(X: np.ndarray, Y: np.ndarray, margin: str | None = None, k: int = DEFAULT_K,
-                  block: int = _BLOCK) -> tuple[np.ndarray, np.ndarray]:
+def retrieve_both(
+    X: np.ndarray, Y: np.ndarray, margin: str | None = None, k: int = DEFAULT_K, block: int = _BLOCK
+) -> tuple[np.ndarray, np.ndarray]:
     """Index of the retrieved target for every row of X in Y, and of Y in X.
 
     ``margin=None``: plain cosine nearest neighbour. ``"ratio"``/``"distance"``: LASER xsim, the
@@ -116,8 +120,9 @@ def retrieve_both(X: np.ndarray, Y: np.ndarray, margin: str | None = None, k: in
     return _margin_pick(fs, fi, fmean, bmean, margin), _margin_pick(bs, bi, bmean, fmean, margin)
 
 
-def errors(pred: np.ndarray, src_texts: Sequence[str] | None = None,
-           tgt_texts: Sequence[str] | None = None) -> tuple[int, int]:
+def errors(
+    pred: np.ndarray, src_texts: Sequence[str] | None = None, tgt_texts: Sequence[str] | None = None
+) -> tuple[int, int]:
     """(index-based errors, text-based errors) of ``pred`` against the identity alignment."""
     gold = np.arange(len(pred))
     err_idx = int((pred != gold).sum())
@@ -129,20 +134,29 @@ def errors(pred: np.ndarray, src_texts: Sequence[str] | None = None,
 
 
 # ---- multi-way folders ----------------------------------------------------------------------
-def multiway_files(data_dir: str | os.PathLike, langs: Sequence[str] | None = None) -> dict[str, Path]:
+def multiway_files(
+    data_dir: str | os.PathLike, langs: Sequence[str] | None = None
+) -> dict[str, Path]:
     """``{lang: path}`` for the ``<xxx>.txt`` files of a line-aligned multi-way folder
     (``ud_pud/``, ``flores200/devtest/``); ``sent_ids.txt`` and other names are ignored."""
     d = Path(data_dir)
     if not d.is_dir():
-        raise InputError(f"{d}: not a directory", hint="pass a folder of line-aligned <lang>.txt files")
-    found = {m.group(1): p for p in sorted(d.iterdir()) if (m := _LANG_FILE.match(p.name)) and p.is_file()}
+        raise InputError(
+            f"{d}: not a directory", hint="pass a folder of line-aligned <lang>.txt files"
+        )
+    found = {
+        m.group(1): p
+        for p in sorted(d.iterdir())
+        if (m := _LANG_FILE.match(p.name)) and p.is_file()
+    }
     if not found:
         raise InputError(f"{d}: no <lang>.txt files", hint="expected e.g. eng.txt, deu.txt, ...")
     if langs:
         missing = [x for x in langs if x not in found]
         if missing:
-            raise InputError(f"{d}: no file for {', '.join(missing)}",
-                             hint=f"available: {', '.join(found)}")
+            raise InputError(
+                f"{d}: no file for {', '.join(missing)}", hint=f"available: {', '.join(found)}"
+            )
         found = {x: found[x] for x in langs}
     return found
 
@@ -155,17 +169,23 @@ def read_multiway(files: dict[str, Path], n: int | None = None) -> dict[str, lis
     sizes = {len(t) for t in texts.values()}
     if len(sizes) != 1:
         detail = ", ".join(f"{k}={len(v)}" for k, v in texts.items())
-        raise InputError(f"multi-way files are not line-aligned ({detail})",
-                         hint="every <lang>.txt must have the same number of lines")
+        raise InputError(
+            f"multi-way files are not line-aligned ({detail})",
+            hint="every <lang>.txt must have the same number of lines",
+        )
     if n is not None:
         texts = {k: v[:n] for k, v in texts.items()}
     return texts
 
 
-def embed_multiway(encoder, texts: dict[str, list[str]], progress: Progress | None = None,
-                   batch_tokens: int = 8192) -> dict[str, np.ndarray]:
+def embed_multiway(
+    encoder, texts: dict[str, list[str]], progress: Progress | None = None, batch_tokens: int = 8192
+) -> dict[str, np.ndarray]:
     progress = progress or null_progress
-    return {lang: encoder.encode(t, batch_tokens=batch_tokens, progress=progress) for lang, t in texts.items()}
+    return {
+        lang: encoder.encode(t, batch_tokens=batch_tokens, progress=progress)
+        for lang, t in texts.items()
+    }
 
 
 @dataclass
@@ -190,8 +210,12 @@ class XsimResult:
         return d
 
 
-def xsim_from_embeddings(embs: dict[str, np.ndarray], texts: dict[str, list[str]] | None = None,
-                         margin: str | None = "ratio", k: int = DEFAULT_K) -> XsimResult:
+def xsim_from_embeddings(
+    embs: dict[str, np.ndarray],
+    texts: dict[str, list[str]] | None = None,
+    margin: str | None = "ratio",
+    k: int = DEFAULT_K,
+) -> XsimResult:
     """All-pairs xsim over precomputed, line-aligned embeddings."""
     margin = normalize_margin(margin)
     langs = list(embs)
@@ -218,13 +242,29 @@ def xsim_from_embeddings(embs: dict[str, np.ndarray], texts: dict[str, list[str]
         row = [M[a][b] for b in range(L) if b != a]
         col = [M[b][a] for b in range(L) if b != a]
         per[la] = {"as_source": float(np.mean(row)), "as_target": float(np.mean(col))}
-    return XsimResult(langs=langs, n=n, margin=margin, k=k, matrix=M, matrix_text=MT,
-                      average=float(np.mean(off)), average_text=float(np.mean(offt)), per_lang=per)
+    return XsimResult(
+        langs=langs,
+        n=n,
+        margin=margin,
+        k=k,
+        matrix=M,
+        matrix_text=MT,
+        average=float(np.mean(off)),
+        average_text=float(np.mean(offt)),
+        per_lang=per,
+    )
 
 
-def eval_xsim(encoder, data_dir: str | os.PathLike, langs: Sequence[str] | None = None,
-              margin: str | None = "ratio", k: int = DEFAULT_K, n: int | None = None,
-              progress: Progress | None = None, batch_tokens: int = 8192) -> XsimResult:
+def eval_xsim(
+    encoder,
+    data_dir: str | os.PathLike,
+    langs: Sequence[str] | None = None,
+    margin: str | None = "ratio",
+    k: int = DEFAULT_K,
+    n: int | None = None,
+    progress: Progress | None = None,
+    batch_tokens: int = 8192,
+) -> XsimResult:
     """xsim error matrix over a multi-way folder: every language against every other.
 
     Default margin ``ratio`` with k = 4, index-based, as LASER's ``source/xsim.py``; pass

@@ -6,15 +6,16 @@ or Ctrl-C the temporary is removed. Special targets behave as ``sort -o`` and ``
 expect: a symlink is followed (the file it points to is replaced, the link stays a link), a FIFO
 or character device (``/dev/stdout``, ``/dev/null``, a named pipe) is written into directly, and
 anything else that cannot be replaced safely (a folder, a block device, a socket) is refused."""
+
 from __future__ import annotations
 
 import os
 import shutil
 import stat
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from ..errors import InputError
 
@@ -52,8 +53,10 @@ def check_output(path: str | os.PathLike, force: bool = False) -> Path:
         if real.is_dir():
             raise InputError(f"{p}: is a folder", hint="pass a file name as the output")
         if not real.is_file():
-            raise InputError(f"{p}: not a regular file, FIFO or character device",
-                             hint="write to a regular file instead")
+            raise InputError(
+                f"{p}: not a regular file, FIFO or character device",
+                hint="write to a regular file instead",
+            )
         if not force:
             raise InputError(f"{p}: output already exists", hint="pass --force to replace it")
     if not real.parent.exists():
@@ -62,7 +65,9 @@ def check_output(path: str | os.PathLike, force: bool = False) -> Path:
 
 
 @contextmanager
-def atomic_output(path: str | os.PathLike, suffix: str = ".tmp", keep_tmp: bool = False) -> Iterator[Path]:
+def atomic_output(
+    path: str | os.PathLike, suffix: str = ".tmp", keep_tmp: bool = False
+) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it replaces ``path``.
 
     A symlink target is followed; a FIFO or character device is yielded as itself (written
@@ -77,8 +82,10 @@ def atomic_output(path: str | os.PathLike, suffix: str = ".tmp", keep_tmp: bool 
         yield target
         return
     if target.exists() and not target.is_file():
-        raise InputError(f"{path}: not a regular file, FIFO or character device",
-                         hint="write to a regular file instead")
+        raise InputError(
+            f"{path}: not a regular file, FIFO or character device",
+            hint="write to a regular file instead",
+        )
     tmp = target.with_name(f".{target.name}{suffix}")
     try:
         yield tmp

@@ -1,13 +1,15 @@
 """Embedding Parquet files: ``id`` (int64), optional ``text`` and ``lang``, and ``embedding``
 as ``fixed_size_list<float32|float16>[d]``; one row group per chunk; schema metadata names the
 model, its checksum, the dimension and the normalisation."""
+
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -52,11 +54,15 @@ class EmbeddingWriter:
         self._writer = pq.ParquetWriter(str(path), self.schema, compression="zstd")
         self.rows = 0
 
-    def write(self, ids: np.ndarray, embeddings: np.ndarray, texts: list[str] | None = None) -> None:
+    def write(
+        self, ids: np.ndarray, embeddings: np.ndarray, texts: list[str] | None = None
+    ) -> None:
         import pyarrow as pa
 
         n = len(ids)
-        emb = np.ascontiguousarray(embeddings, dtype=np.float16 if self.dtype == "float16" else np.float32)
+        emb = np.ascontiguousarray(
+            embeddings, dtype=np.float16 if self.dtype == "float16" else np.float32
+        )
         if emb.shape != (n, self.dim):
             raise InputError(f"embedding chunk has shape {emb.shape}, expected ({n}, {self.dim})")
         values = pa.array(emb.reshape(-1))
@@ -64,9 +70,13 @@ class EmbeddingWriter:
         if self.with_text:
             cols.append(pa.array(texts if texts is not None else [None] * n, type=pa.string()))
         if self.lang is not None:
-            cols.append(pa.DictionaryArray.from_arrays(np.zeros(n, np.int32), [self.lang]).cast(pa.string()))
+            cols.append(
+                pa.DictionaryArray.from_arrays(np.zeros(n, np.int32), [self.lang]).cast(pa.string())
+            )
         cols.append(pa.FixedSizeListArray.from_arrays(values, self.dim))
-        self._writer.write_table(pa.Table.from_arrays(cols, schema=self.schema), row_group_size=max(n, 1))
+        self._writer.write_table(
+            pa.Table.from_arrays(cols, schema=self.schema), row_group_size=max(n, 1)
+        )
         self.rows += n
 
     def write_table(self, table) -> int:
@@ -79,7 +89,7 @@ class EmbeddingWriter:
     def close(self) -> None:
         self._writer.close()
 
-    def __enter__(self) -> "EmbeddingWriter":
+    def __enter__(self) -> EmbeddingWriter:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -110,18 +120,24 @@ def open_embeddings(path: str | os.PathLike) -> EmbeddingFile:
     try:
         pf = pq.ParquetFile(str(p))
     except Exception as e:  # pyarrow raises several types for a non-Parquet file
-        raise InputError(f"{p}: not a Parquet file ({str(e).splitlines()[0]})",
-                         hint="pass a file written by `emmax embed`") from None
+        raise InputError(
+            f"{p}: not a Parquet file ({str(e).splitlines()[0]})",
+            hint="pass a file written by `emmax embed`",
+        ) from None
     md = pf.schema_arrow.metadata or {}
     if META_KEY not in md or "embedding" not in pf.schema_arrow.names:
-        raise InputError(f"{p}: Parquet file without emmax embedding metadata",
-                         hint="pass a file written by `emmax embed`")
+        raise InputError(
+            f"{p}: Parquet file without emmax embedding metadata",
+            hint="pass a file written by `emmax embed`",
+        )
     meta = json.loads(md[META_KEY])
     return EmbeddingFile(p, meta, pf.metadata.num_rows, "text" in pf.schema_arrow.names)
 
 
 def iter_embeddings(
-    path: str | os.PathLike, batch_rows: int = 65_536, columns: tuple[str, ...] = ("id", "embedding")
+    path: str | os.PathLike,
+    batch_rows: int = 65_536,
+    columns: tuple[str, ...] = ("id", "embedding"),
 ) -> Iterator[dict[str, Any]]:
     """Yield batches as dicts: ``id`` int64 array, ``embedding`` float32 (n, d), ``text`` list."""
     import pyarrow.parquet as pq

@@ -1,13 +1,15 @@
 """Read sentences from text files or stdin: gzip transparently, one sentence per line,
 in chunks, with line numbers in every decoding error."""
+
 from __future__ import annotations
 
 import gzip
 import os
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 import numpy as np
 
@@ -46,7 +48,12 @@ def open_binary(path: str | os.PathLike) -> BinaryIO:
 
 
 def _decode_lines(
-    raw: list[bytes], first_lineno: int, name: str, encoding: str, on_bad_line: str, stats: ReadStats
+    raw: list[bytes],
+    first_lineno: int,
+    name: str,
+    encoding: str,
+    on_bad_line: str,
+    stats: ReadStats,
 ) -> tuple[list[int], list[str]]:
     """Decode a chunk of raw lines; fast path decodes the chunk at once."""
     try:
@@ -91,7 +98,9 @@ def read_chunks(
     ``start_line`` are read and dropped (used by ``--resume``). Raises ``InputError`` on an
     empty input."""
     if on_bad_line not in BAD_LINE_POLICIES:
-        raise InputError(f"unknown --on-bad-line {on_bad_line!r}", hint="use error, skip or replace")
+        raise InputError(
+            f"unknown --on-bad-line {on_bad_line!r}", hint="use error, skip or replace"
+        )
     stats = stats if stats is not None else ReadStats()
     name = display_name(path)
     f = open_binary(path)
@@ -116,19 +125,25 @@ def read_chunks(
                     stats.lines = lineno
                     yield np.asarray(ids, dtype=np.int64), texts
         except (OSError, EOFError, gzip.BadGzipFile) as e:
-            raise InputError(f"{name}: cannot read ({e})", hint="check that the file is intact") from None
+            raise InputError(
+                f"{name}: cannot read ({e})", hint="check that the file is intact"
+            ) from None
         if buf:
             ids, texts = _decode_lines(buf, first, name, encoding, on_bad_line, stats)
             yield np.asarray(ids, dtype=np.int64), texts
         stats.lines = lineno
         if lineno == 0:
-            raise InputError(f"{name}: empty input (no lines)", hint="pass a file with one sentence per line")
+            raise InputError(
+                f"{name}: empty input (no lines)", hint="pass a file with one sentence per line"
+            )
     finally:
         if str(path) != "-":
             f.close()
 
 
-def read_lines(path: str | os.PathLike, on_bad_line: str = "error", encoding: str = "utf-8") -> list[str]:
+def read_lines(
+    path: str | os.PathLike, on_bad_line: str = "error", encoding: str = "utf-8"
+) -> list[str]:
     """Read a whole (small) text file into a list of lines, with the same rules as ``read_chunks``."""
     out: list[str] = []
     for _, texts in read_chunks(path, on_bad_line=on_bad_line, encoding=encoding):
@@ -150,5 +165,3 @@ def count_lines(path: str | os.PathLike) -> int | None:
             n += block.count(b"\n")
             last = block[-1:]
     return n + (0 if last == b"\n" else 1)
-
-

@@ -13,6 +13,7 @@ A delta directory holds:
 ``package(model_dir, base, delta_dir)`` writes one from a trained model directory;
 ``materialize(delta_dir, base, out_dir)`` rebuilds the full emmax model directory from the
 base, checking that the base weights are the ones the delta was made against."""
+
 from __future__ import annotations
 
 import json
@@ -49,8 +50,12 @@ def _as_resolved(m: ResolvedModel | str | os.PathLike) -> ResolvedModel:
     return m if isinstance(m, ResolvedModel) else resolve(m)
 
 
-def package(model_dir: str | os.PathLike, base: ResolvedModel | str | os.PathLike,
-            delta_dir: str | os.PathLike, atol: float = 0.0) -> Path:
+def package(
+    model_dir: str | os.PathLike,
+    base: ResolvedModel | str | os.PathLike,
+    delta_dir: str | os.PathLike,
+    atol: float = 0.0,
+) -> Path:
     """Write the delta of the trained emmax model ``model_dir`` against ``base``.
 
     Tensors whose largest absolute change is <= ``atol`` are left out (frozen parameters).
@@ -60,8 +65,10 @@ def package(model_dir: str | os.PathLike, base: ResolvedModel | str | os.PathLik
     trained_rm, base_rm = resolve(model_dir), _as_resolved(base)
     trained, ref = _load_encoder(trained_rm).state_dict(), _load_encoder(base_rm).state_dict()
     if set(trained) != set(ref):
-        raise ModelLoadError(f"{model_dir}: its encoder does not have the base's tensors",
-                             hint="package against the base the model was trained from")
+        raise ModelLoadError(
+            f"{model_dir}: its encoder does not have the base's tensors",
+            hint="package against the base the model was trained from",
+        )
     deltas = {}
     for name, w in trained.items():
         d = w.float() - ref[name].float()
@@ -78,10 +85,16 @@ def package(model_dir: str | os.PathLike, base: ResolvedModel | str | os.PathLik
     cfg = json.loads((trained_rm.root / "emmax.json").read_text(encoding="utf-8"))
     for k in ("checksum", "files"):
         cfg.pop(k, None)
-    meta = {"format_version": DELTA_FORMAT, "base_model": base_rm.config.name,
-            "base_checksum": base_rm.config.checksum or sha256_file(base_rm.encoder_dir / "model.safetensors"),
-            "dtype": "float16", "tensors": sorted(deltas),
-            "num_parameters": int(sum(v.numel() for v in deltas.values())), "model_config": cfg}
+    meta = {
+        "format_version": DELTA_FORMAT,
+        "base_model": base_rm.config.name,
+        "base_checksum": base_rm.config.checksum
+        or sha256_file(base_rm.encoder_dir / "model.safetensors"),
+        "dtype": "float16",
+        "tensors": sorted(deltas),
+        "num_parameters": int(sum(v.numel() for v in deltas.values())),
+        "model_config": cfg,
+    }
     (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     if out.is_dir():  # keep what else lives there (model card, evaluation files)
         for f in out.iterdir():
@@ -97,8 +110,13 @@ def package(model_dir: str | os.PathLike, base: ResolvedModel | str | os.PathLik
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
     size = sum(f.stat().st_size for f in out.iterdir())
-    log.info("packaged %d tensors (%d parameters) into %s: %.1f MB", len(deltas), meta["num_parameters"],
-             out, size / 1e6)
+    log.info(
+        "packaged %d tensors (%d parameters) into %s: %.1f MB",
+        len(deltas),
+        meta["num_parameters"],
+        out,
+        size / 1e6,
+    )
     return out
 
 
@@ -107,15 +125,22 @@ def read_meta(delta_dir: str | os.PathLike) -> dict:
     try:
         meta = json.loads(p.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as e:
-        raise ModelLoadError(f"{p}: unreadable delta metadata ({e})", hint="re-copy the model folder") from None
+        raise ModelLoadError(
+            f"{p}: unreadable delta metadata ({e})", hint="re-copy the model folder"
+        ) from None
     if int(meta.get("format_version", 0)) > DELTA_FORMAT:
-        raise ModelLoadError(f"{p}: delta format {meta['format_version']} is newer than this emmax supports",
-                             hint="upgrade emmax")
+        raise ModelLoadError(
+            f"{p}: delta format {meta['format_version']} is newer than this emmax supports",
+            hint="upgrade emmax",
+        )
     return meta
 
 
-def materialize(delta_dir: str | os.PathLike, base: ResolvedModel | str | os.PathLike,
-                out_dir: str | os.PathLike) -> Path:
+def materialize(
+    delta_dir: str | os.PathLike,
+    base: ResolvedModel | str | os.PathLike,
+    out_dir: str | os.PathLike,
+) -> Path:
     """Rebuild the full emmax model directory ``out_dir`` = base + delta (+ GMM head).
 
     Args:
@@ -136,9 +161,11 @@ def materialize(delta_dir: str | os.PathLike, base: ResolvedModel | str | os.Pat
     base_rm = _as_resolved(base)
     have = base_rm.config.checksum or sha256_file(base_rm.encoder_dir / "model.safetensors")
     if have != meta["base_checksum"]:
-        raise ModelLoadError(f"{d}: made against base weights {meta['base_checksum'][:12]}, "
-                             f"but {base_rm.root} has {have[:12]}",
-                             hint=f"use the base {meta['base_model']!r} built by this emmax version")
+        raise ModelLoadError(
+            f"{d}: made against base weights {meta['base_checksum'][:12]}, "
+            f"but {base_rm.root} has {have[:12]}",
+            hint=f"use the base {meta['base_model']!r} built by this emmax version",
+        )
     if not (d / DELTA_FILE).exists():
         raise ModelLoadError(f"{d / DELTA_FILE}: missing", hint="re-copy the model folder")
     model = _load_encoder(base_rm)
@@ -149,7 +176,9 @@ def materialize(delta_dir: str | os.PathLike, base: ResolvedModel | str | os.Pat
         for name, delta in deltas.items():
             t = params.get(name, buffers.get(name))
             if t is None:
-                raise ModelLoadError(f"{d}: tensor {name} is not in the base model", hint="wrong base")
+                raise ModelLoadError(
+                    f"{d}: tensor {name} is not in the base model", hint="wrong base"
+                )
             t.copy_((t.float() + delta.float()).to(t.dtype))
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -167,7 +196,11 @@ def materialize(delta_dir: str | os.PathLike, base: ResolvedModel | str | os.Pat
                 shutil.copy2(d / f, tmp / f)
         known = set(ModelConfig.__dataclass_fields__)
         mc = {k: v for k, v in meta["model_config"].items() if k in known}
-        mc["extra"] = {**mc.get("extra", {}), "materialized_from": str(d), "delta_base": meta["base_model"]}
+        mc["extra"] = {
+            **mc.get("extra", {}),
+            "materialized_from": str(d),
+            "delta_base": meta["base_model"],
+        }
         cfg = ModelConfig(**{**mc, "files": files})
         tok = load_tokenizer(base_rm.encoder_dir, int(cfg.max_length))
         save_model_dir(tmp, model, tok, cfg)
@@ -191,8 +224,11 @@ def delta_stamp(delta_dir: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def ensure_materialized(delta_dir: str | os.PathLike, out_dir: str | os.PathLike,
-                        base: ResolvedModel | str | os.PathLike | None = None) -> ResolvedModel:
+def ensure_materialized(
+    delta_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    base: ResolvedModel | str | os.PathLike | None = None,
+) -> ResolvedModel:
     """The full model for ``delta_dir`` at ``out_dir``, built once (again only when the delta
     changes: the sha256 of its files is stamped into ``emmax.json``, so a new GMM head or
     threshold alone also rebuilds it). ``base`` defaults to the delta's recorded base name.

@@ -1,17 +1,19 @@
 """Sentence encoder: tokenise, sort by length, batch by a token budget, run the transformer,
 pool, normalise, and return vectors in input order."""
+
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
 from ..console import Progress, null_progress
-from ..errors import EmmaxError, ModelLoadError
 from ..device import autocast, pick_precision, resolve_device
+from ..errors import ModelLoadError
 from .loading import DEFAULT_MODEL, ModelConfig, ResolvedModel, resolve
 from .pooling import pool
 
@@ -33,8 +35,10 @@ def load_tokenizer(encoder_dir: Path, max_length: int):
 
             tok = AutoTokenizer.from_pretrained(str(encoder_dir), use_fast=True).backend_tokenizer
     except Exception as e:
-        raise ModelLoadError(f"{encoder_dir}: cannot load the tokenizer ({str(e).splitlines()[0]})",
-                             hint="the directory needs tokenizer.json or a sentencepiece model") from None
+        raise ModelLoadError(
+            f"{encoder_dir}: cannot load the tokenizer ({str(e).splitlines()[0]})",
+            hint="the directory needs tokenizer.json or a sentencepiece model",
+        ) from None
     tok.no_padding()
     tok.enable_truncation(max_length)
     return tok
@@ -47,8 +51,15 @@ class Encoder:
     padded tokens (memory ~ batch_tokens x hidden x layers activations), or ``batch_size``
     sentences if given; outputs come back in input order."""
 
-    def __init__(self, model, tokenizer, config: ModelConfig, device: str = "cpu",
-                 precision: str = "auto", root: Path | None = None):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        config: ModelConfig,
+        device: str = "cpu",
+        precision: str = "auto",
+        root: Path | None = None,
+    ):
         self.model = model
         self.tokenizer = tokenizer
         self.config = config
@@ -60,13 +71,20 @@ class Encoder:
 
     # ---- construction -------------------------------------------------------------------
     @classmethod
-    def load(cls, name_or_path: str | os.PathLike | None = None, device: str = "auto",
-             precision: str = "auto", verify: bool = True) -> "Encoder":
+    def load(
+        cls,
+        name_or_path: str | os.PathLike | None = None,
+        device: str = "auto",
+        precision: str = "auto",
+        verify: bool = True,
+    ) -> Encoder:
         rm = resolve(name_or_path or DEFAULT_MODEL, verify=verify)
         return cls.from_resolved(rm, device=device, precision=precision)
 
     @classmethod
-    def from_resolved(cls, rm: ResolvedModel, device: str = "auto", precision: str = "auto") -> "Encoder":
+    def from_resolved(
+        cls, rm: ResolvedModel, device: str = "auto", precision: str = "auto"
+    ) -> Encoder:
         import torch
         from transformers import AutoModel
         from transformers.utils import logging as hf_logging
@@ -79,8 +97,10 @@ class Encoder:
         except TypeError:
             model = AutoModel.from_pretrained(str(rm.encoder_dir))
         except Exception as e:
-            raise ModelLoadError(f"{rm.encoder_dir}: cannot load the encoder ({str(e).splitlines()[0]})",
-                                 hint="pass a BERT/XLM-R transformers directory or an emmax model") from None
+            raise ModelLoadError(
+                f"{rm.encoder_dir}: cannot load the encoder ({str(e).splitlines()[0]})",
+                hint="pass a BERT/XLM-R transformers directory or an emmax model",
+            ) from None
         model.eval().to(dev)
         for p in model.parameters():
             p.requires_grad_(False)
@@ -100,9 +120,15 @@ class Encoder:
     def meta(self) -> dict[str, Any]:
         """What embedding files record about the model that made them."""
         c = self.config
-        return {"model": c.name, "model_checksum": c.checksum, "pooling": c.pooling,
-                "normalized": c.normalize, "prefix": c.prefix, "max_length": c.max_length,
-                "precision": self.precision}
+        return {
+            "model": c.name,
+            "model_checksum": c.checksum,
+            "pooling": c.pooling,
+            "normalized": c.normalize,
+            "prefix": c.prefix,
+            "max_length": c.max_length,
+            "precision": self.precision,
+        }
 
     # ---- encoding -----------------------------------------------------------------------
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
@@ -113,7 +139,9 @@ class Encoder:
     def _autocast(self):
         return autocast(self.device, self.precision)
 
-    def _batches(self, lengths: np.ndarray, batch_tokens: int, batch_size: int | None) -> list[np.ndarray]:
+    def _batches(
+        self, lengths: np.ndarray, batch_tokens: int, batch_size: int | None
+    ) -> list[np.ndarray]:
         """Cut indices sorted by descending length into batches (padded tokens <= budget)."""
         order = np.argsort(-lengths, kind="stable")
         if batch_size:
@@ -142,8 +170,13 @@ class Encoder:
             out = self.model(input_ids=input_ids, attention_mask=attn).last_hidden_state
         return pool(out, attn, self.config.pooling, self.config.normalize)
 
-    def encode(self, texts: Sequence[str], batch_tokens: int = DEFAULT_BATCH_TOKENS,
-               batch_size: int | None = None, progress: Progress | None = None) -> np.ndarray:
+    def encode(
+        self,
+        texts: Sequence[str],
+        batch_tokens: int = DEFAULT_BATCH_TOKENS,
+        batch_size: int | None = None,
+        progress: Progress | None = None,
+    ) -> np.ndarray:
         """Embed sentences; returns (n, dim) float32 in input order (L2-normalised if the
         model normalises)."""
         import torch

@@ -4,14 +4,15 @@ z = e(x) - e(y), one component per semantic rank (0 = unrelated ... N-1 = transl
 Formulas: shared/docs/emmax-algorithm.md §3 (likelihood, memory-safe expansion, variance
 clamp), §4.1 (interpolation warm-up, fixed uniform lambda buckets) and §4.2 (rank means).
 Files in a model directory: ``gmm_head.safetensors`` (weights) + ``gmm_head.json`` (shape)."""
+
 from __future__ import annotations
 
 import json
 import logging
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -32,8 +33,12 @@ LOG_2PI = math.log(2 * math.pi)
 def default_rank_names(num_ranks: int) -> list[str]:
     """Descriptive names (§4): the labels are operational, defined by interpolation buckets."""
     if num_ranks == 4:
-        return ["unrelated", "topically related", "close paraphrase or partial overlap",
-                "translation or near-paraphrase"]
+        return [
+            "unrelated",
+            "topically related",
+            "close paraphrase or partial overlap",
+            "translation or near-paraphrase",
+        ]
     names = [f"rank {c}" for c in range(num_ranks)]
     names[0], names[-1] = "unrelated", "translation or near-paraphrase"
     return names
@@ -55,9 +60,13 @@ class GMMHead(nn.Module):
     when used, ``prior_logits`` (N,). Buffer: ``rank_means`` (N,), the running mean cosine of
     the pairs assigned to each rank (§4.2), saved with the head."""
 
-    def __init__(self, num_ranks: int = 4, dim: int = 1024,
-                 log_var_bounds: tuple[float, float] = LOG_VAR_BOUNDS,
-                 rank_names: Sequence[str] | None = None):
+    def __init__(
+        self,
+        num_ranks: int = 4,
+        dim: int = 1024,
+        log_var_bounds: tuple[float, float] = LOG_VAR_BOUNDS,
+        rank_names: Sequence[str] | None = None,
+    ):
         super().__init__()
         if num_ranks < 2:
             raise ValueError("a GMM head needs at least 2 ranks")
@@ -172,17 +181,24 @@ class GMMHead(nn.Module):
         batch_mean = sums / counts.clamp_min(1)
         self.rank_means[seen] = (1 - rate) * self.rank_means[seen] + rate * batch_mean[seen]
         if not self.rank_means_ordered():
-            log.warning("GMM rank means are no longer ordered: %s",
-                        ", ".join(f"{m:.3f}" for m in self.rank_means.tolist()))
+            log.warning(
+                "GMM rank means are no longer ordered: %s",
+                ", ".join(f"{m:.3f}" for m in self.rank_means.tolist()),
+            )
 
     def rank_means_ordered(self) -> bool:
         return bool((self.rank_means[1:] > self.rank_means[:-1]).all())
 
     # ---- files ----------------------------------------------------------------------------------
     def config_dict(self) -> dict:
-        return {"format_version": HEAD_FORMAT, "num_ranks": self.num_ranks, "dim": self.dim,
-                "log_var_min": self.log_var_bounds[0], "log_var_max": self.log_var_bounds[1],
-                "rank_names": self.rank_names}
+        return {
+            "format_version": HEAD_FORMAT,
+            "num_ranks": self.num_ranks,
+            "dim": self.dim,
+            "log_var_min": self.log_var_bounds[0],
+            "log_var_max": self.log_var_bounds[1],
+            "rank_names": self.rank_names,
+        }
 
     def save(self, directory: str | os.PathLike) -> Path:
         """Write ``gmm_head.safetensors`` and ``gmm_head.json`` into ``directory``
@@ -201,7 +217,7 @@ class GMMHead(nn.Module):
         return d / WEIGHTS_FILE
 
     @classmethod
-    def from_dir(cls, directory: str | os.PathLike, dim: int | None = None) -> "GMMHead":
+    def from_dir(cls, directory: str | os.PathLike, dim: int | None = None) -> GMMHead:
         """Load a head saved by ``save``. ``dim``, if given, must match the head's.
 
         Raises:
@@ -219,29 +235,40 @@ class GMMHead(nn.Module):
         try:
             cfg = json.loads(cpath.read_text(encoding="utf-8"))
             n, hd = int(cfg["num_ranks"]), int(cfg["dim"])
-            bounds = (float(cfg.get("log_var_min", LOG_VAR_BOUNDS[0])),
-                      float(cfg.get("log_var_max", LOG_VAR_BOUNDS[1])))
+            bounds = (
+                float(cfg.get("log_var_min", LOG_VAR_BOUNDS[0])),
+                float(cfg.get("log_var_max", LOG_VAR_BOUNDS[1])),
+            )
             version = int(cfg.get("format_version", HEAD_FORMAT))
         except (OSError, ValueError, KeyError, TypeError) as e:
-            raise ModelLoadError(f"{cpath}: unreadable GMM head config ({type(e).__name__}: {e})",
-                                 hint=fix) from None
+            raise ModelLoadError(
+                f"{cpath}: unreadable GMM head config ({type(e).__name__}: {e})", hint=fix
+            ) from None
         if version > HEAD_FORMAT:
-            raise ModelLoadError(f"{cpath}: GMM head format {version} is newer than this emmax "
-                                 f"supports ({HEAD_FORMAT})", hint="upgrade emmax")
+            raise ModelLoadError(
+                f"{cpath}: GMM head format {version} is newer than this emmax "
+                f"supports ({HEAD_FORMAT})",
+                hint="upgrade emmax",
+            )
         try:
             tensors = load_file(str(wpath))
         except (SafetensorError, OSError, ValueError) as e:
-            raise ModelLoadError(f"{wpath}: corrupt GMM head weights ({str(e).splitlines()[0]})",
-                                 hint=fix) from None
+            raise ModelLoadError(
+                f"{wpath}: corrupt GMM head weights ({str(e).splitlines()[0]})", hint=fix
+            ) from None
         head = cls(n, hd, log_var_bounds=bounds, rank_names=cfg.get("rank_names"))
         expected = {k: tuple(v.shape) for k, v in head.state_dict().items()}
         found = {k: tuple(v.shape) for k, v in tensors.items()}
         if found != expected:
-            raise ModelLoadError(f"{wpath}: tensors {found} do not match {CONFIG_FILE} "
-                                 f"(num_ranks {n}, dim {hd})", hint=fix)
+            raise ModelLoadError(
+                f"{wpath}: tensors {found} do not match {CONFIG_FILE} (num_ranks {n}, dim {hd})",
+                hint=fix,
+            )
         if dim is not None and hd != dim:
-            raise ModelLoadError(f"{d}: GMM head has dim {hd} but the encoder has dim {dim}",
-                                 hint="use the head trained with this encoder")
+            raise ModelLoadError(
+                f"{d}: GMM head has dim {hd} but the encoder has dim {dim}",
+                hint="use the head trained with this encoder",
+            )
         head.load_state_dict(tensors)
         return head.eval()
 
@@ -250,8 +277,15 @@ class GMMHead(nn.Module):
 
 
 # ---- GMM warm-up by interpolation (§4.1, the emma-gmm phase) ------------------------------------
-def sample_interpolations(q: Tensor, t: Tensor, n: int, num_ranks: int, generator: torch.Generator,
-                          symmetric: bool = True, golden: float = 0.0) -> tuple[Tensor, Tensor, Tensor]:
+def sample_interpolations(
+    q: Tensor,
+    t: Tensor,
+    n: int,
+    num_ranks: int,
+    generator: torch.Generator,
+    symmetric: bool = True,
+    golden: float = 0.0,
+) -> tuple[Tensor, Tensor, Tensor]:
     """Pseudo-pairs at a known distance from the translation (§4.1 emmax choice).
 
     For random rows b, random other rows j != b and lambda ~ U(0, 1):
@@ -275,18 +309,32 @@ def sample_interpolations(q: Tensor, t: Tensor, n: int, num_ranks: int, generato
     qb, tb, tj = q[b], t[b], t[j]
     if symmetric:  # half the rows query from the other side
         flip = (torch.rand(n, generator=generator) < 0.5)[:, None]
-        qb, tb, tj = (torch.where(flip, tb, qb), torch.where(flip, qb, tb),
-                      torch.where(flip, q[j], tj))
+        qb, tb, tj = (
+            torch.where(flip, tb, qb),
+            torch.where(flip, qb, tb),
+            torch.where(flip, q[j], tj),
+        )
     y = lam[:, None] * tb + (1 - lam[:, None]) * tj
     z = qb - y
     cos = torch.nn.functional.cosine_similarity(qb, y, dim=1)
     return z, interpolation_labels(lam, num_ranks), cos
 
 
-def fit_gmm_interpolation(q_emb, t_emb, num_ranks: int = 4, steps: int = 200, lr: float = 3e-3,
-                          batch_pairs: int = 2048, val_fraction: float = 0.1, eval_every: int = 10,
-                          patience: int = 5, symmetric: bool = True, seed: int = 0,
-                          rank_names: Sequence[str] | None = None, golden: float = 0.0) -> GMMHead:
+def fit_gmm_interpolation(
+    q_emb,
+    t_emb,
+    num_ranks: int = 4,
+    steps: int = 200,
+    lr: float = 3e-3,
+    batch_pairs: int = 2048,
+    val_fraction: float = 0.1,
+    eval_every: int = 10,
+    patience: int = 5,
+    symmetric: bool = True,
+    seed: int = 0,
+    rank_names: Sequence[str] | None = None,
+    golden: float = 0.0,
+) -> GMMHead:
     """Warm up a GMM head on a parallel sample, encoder frozen (the emma-gmm phase, §4.1).
 
     1. Interpolate toward the translation (``sample_interpolations``), labels from fixed uniform
@@ -310,8 +358,10 @@ def fit_gmm_interpolation(q_emb, t_emb, num_ranks: int = 4, steps: int = 200, lr
     q = torch.as_tensor(q_emb).float().cpu()
     t = torch.as_tensor(t_emb).float().cpu()
     if q.shape != t.shape or q.ndim != 2 or q.shape[0] < 4:
-        raise ValueError(f"need two (n, d) arrays of equal shape with n >= 4, got "
-                         f"{tuple(q.shape)} and {tuple(t.shape)}")
+        raise ValueError(
+            f"need two (n, d) arrays of equal shape with n >= 4, got "
+            f"{tuple(q.shape)} and {tuple(t.shape)}"
+        )
     g = torch.Generator().manual_seed(seed)
     perm = torch.randperm(q.shape[0], generator=g)
     n_val = int(round(val_fraction * q.shape[0])) if q.shape[0] >= 20 else 0
@@ -344,8 +394,9 @@ def fit_gmm_interpolation(q_emb, t_emb, num_ranks: int = 4, steps: int = 200, lr
                 best_state = {k: v.clone() for k, v in head.state_dict().items()}
             else:
                 stale += 1
-            log.debug("GMM warm-up step %d: loss %.4f, held-out accuracy %.3f", step, loss.item(),
-                      acc)
+            log.debug(
+                "GMM warm-up step %d: loss %.4f, held-out accuracy %.3f", step, loss.item(), acc
+            )
             if stale >= patience:
                 break
     head.load_state_dict(best_state)

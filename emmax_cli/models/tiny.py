@@ -1,11 +1,12 @@
 """A tiny random encoder (2 layers, hidden 32) with a word-level tokenizer, built offline from a
 seed: the fixture for fast tests, examples and bench smoke runs."""
+
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from .loading import ModelConfig, save_model_dir
 
@@ -19,14 +20,25 @@ BASE_WORDS = (
 ).split()
 
 
-def build_tiny_model(root: str | os.PathLike, seed: int = 0, hidden: int = 32, layers: int = 2,
-                     vocab_texts: Iterable[str] | None = None, max_length: int = 64) -> Path:
+def build_tiny_model(
+    root: str | os.PathLike,
+    seed: int = 0,
+    hidden: int = 32,
+    layers: int = 2,
+    vocab_texts: Iterable[str] | None = None,
+    max_length: int = 64,
+) -> Path:
     """Build a random emmax model directory at ``root`` (deterministic for a seed)."""
     import torch
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import BertConfig, BertModel
 
-    words = list(dict.fromkeys(BASE_WORDS + [w for t in (vocab_texts or []) for w in re.findall(r"\w+|[^\w\s]", t.lower())]))
+    words = list(
+        dict.fromkeys(
+            BASE_WORDS
+            + [w for t in (vocab_texts or []) for w in re.findall(r"\w+|[^\w\s]", t.lower())]
+        )
+    )
     vocab = {tok: i for i, tok in enumerate(SPECIALS + words)}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.normalizer = normalizers.Lowercase()
@@ -35,9 +47,25 @@ def build_tiny_model(root: str | os.PathLike, seed: int = 0, hidden: int = 32, l
         single="<s> $A </s>", special_tokens=[("<s>", 0), ("</s>", 2)]
     )
     torch.manual_seed(seed)
-    cfg = BertConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=layers,
-                     num_attention_heads=4, intermediate_size=hidden * 2, max_position_embeddings=max_length,
-                     pad_token_id=1, type_vocab_size=2)
+    cfg = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        intermediate_size=hidden * 2,
+        max_position_embeddings=max_length,
+        pad_token_id=1,
+        type_vocab_size=2,
+    )
     model = BertModel(cfg, add_pooling_layer=False).eval()
-    return save_model_dir(root, model, tok, ModelConfig(name=f"tiny-{seed}", max_length=max_length,
-                                                        mine_threshold=1.0, mine_threshold_source="tiny test model"))
+    return save_model_dir(
+        root,
+        model,
+        tok,
+        ModelConfig(
+            name=f"tiny-{seed}",
+            max_length=max_length,
+            mine_threshold=1.0,
+            mine_threshold_source="tiny test model",
+        ),
+    )

@@ -1,5 +1,6 @@
 """EMMA-X training (``emmax train``): config, data, momentum queue, losses, the trainer,
 checkpoints and torchrun support. Heavy modules load on first use."""
+
 from __future__ import annotations
 
 import os
@@ -20,8 +21,13 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'emmax_cli.train' has no attribute {name!r}")
 
 
-def train(config: str | os.PathLike | Any, phases: list[str] | None = None, resume: bool = False,
-          overrides: list[str] | tuple[str, ...] = (), on_step=None) -> dict[str, dict]:
+def train(
+    config: str | os.PathLike | Any,
+    phases: list[str] | None = None,
+    resume: bool = False,
+    overrides: list[str] | tuple[str, ...] = (),
+    on_step=None,
+) -> dict[str, dict]:
     """Run the phases of a training config (a TOML path or a ``TrainConfig``); returns the
     last log record of each phase. ``on_step(phase, step, total, record)`` is called after
     every step (rank zero). The library function behind ``emmax train``."""

@@ -11,6 +11,7 @@
 
 A checkpoint is written to ``step-000123.tmp/`` and renamed when complete; ``latest`` is
 replaced last, so a crash at any point leaves the previous checkpoint usable."""
+
 from __future__ import annotations
 
 import logging
@@ -34,8 +35,16 @@ def checkpoint_root(out: str | os.PathLike) -> Path:
     return Path(out) / "checkpoints"
 
 
-def save_checkpoint(out: str | os.PathLike, phase: str, step: int, weights: dict[str, torch.Tensor], state: dict,
-                    config_text: str, gmm=None, keep: int = 2) -> Path:
+def save_checkpoint(
+    out: str | os.PathLike,
+    phase: str,
+    step: int,
+    weights: dict[str, torch.Tensor],
+    state: dict,
+    config_text: str,
+    gmm=None,
+    keep: int = 2,
+) -> Path:
     """Write checkpoint ``step`` atomically, point ``latest`` at it, keep the newest ``keep``."""
     from safetensors.torch import save_file
 
@@ -46,7 +55,9 @@ def save_checkpoint(out: str | os.PathLike, phase: str, step: int, weights: dict
     remove_path(tmp)
     tmp.mkdir()
     try:
-        save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()}, str(tmp / WEIGHTS))
+        save_file(
+            {k: v.detach().cpu().contiguous() for k, v in weights.items()}, str(tmp / WEIGHTS)
+        )
         if gmm is not None:
             gmm.save(tmp)
         torch.save(state, tmp / STATE)
@@ -72,8 +83,10 @@ def latest_checkpoint(out: str | os.PathLike) -> Path | None:
         return None
     p = checkpoint_root(out) / f.read_text(encoding="utf-8").strip()
     if not (p / STATE).exists():
-        raise ConfigError(f"{f} names {p.name}, which is incomplete or missing",
-                          hint="delete the latest file to fall back, or start without --resume")
+        raise ConfigError(
+            f"{f} names {p.name}, which is incomplete or missing",
+            hint="delete the latest file to fall back, or start without --resume",
+        )
     return p
 
 

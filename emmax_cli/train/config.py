@@ -3,14 +3,16 @@
 Every hyper-parameter defaults to the paper's value where the paper gives one, else to the
 reference code's or the emmax choice (shared/docs/emmax-algorithm.md §7 table). Unknown keys are
 errors that name the key; ``--set section.key=value`` overrides are type-checked."""
+
 from __future__ import annotations
 
 import dataclasses
 import os
-import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from ..errors import ConfigError
 
@@ -24,7 +26,9 @@ class ModelSection:
     name: str = "emmax"  # name written into emmax.json of the exported models
     max_length: int = 128  # tokens per sentence while training (the paper does not quote one)
     train_layers: int = -1  # train only the top n transformer layers; -1 = all layers
-    freeze_embeddings: bool = False  # token/position embeddings frozen (always, unless all layers train)
+    freeze_embeddings: bool = (
+        False  # token/position embeddings frozen (always, unless all layers train)
+    )
     projection: bool = False  # extra d x d linear after pooling, initialised to the identity
     dropout: bool = True  # keep the encoder's dropout active while training
 
@@ -33,12 +37,16 @@ class ModelSection:
 class DataSection:
     parallel: list[Any] = field(default_factory=list)  # TSV globs, or {src, tgt, lang} tables
     mono: list[str] = field(default_factory=list)  # monolingual globs, one sentence per line
-    exclude: list[str] = field(default_factory=lambda: list(EVAL_DIRS))  # eval sets: never trained on
+    exclude: list[str] = field(
+        default_factory=lambda: list(EVAL_DIRS)
+    )  # eval sets: never trained on
     alpha: float = 0.3  # language sampling exponent, p ~ n^alpha (XLM-R style)
     mono_ratio: float = 0.5  # EM phase: share of batch sentences that are monolingual (1:1)
     max_lines: int = 0  # read at most this many lines per file (0 = all), for small slices
     shuffle_buffer: int = 2048  # per-file shuffle buffer while streaming
-    dev: list[str] = field(default_factory=list)  # TSVs from which dev pairs are held out of training
+    dev: list[str] = field(
+        default_factory=list
+    )  # TSVs from which dev pairs are held out of training
     dev_pairs: int = 500  # dev pairs (spread over the dev files); written to <out>/dev.tsv
 
 
@@ -48,7 +56,9 @@ class PhaseSection:
     gmm_steps: int = 300  # GMM warm-up: Adam steps on interpolations (early stopping)
     gmm_pairs: int = 4096  # parallel pairs encoded (frozen encoder) for the GMM warm-up
     gmm_warmup_lr: float = 1e-2  # Adam lr of the GMM warm-up fit
-    gmm_golden: float = 0.4  # share of warm-up samples that are the translations themselves (rank N-1)
+    gmm_golden: float = (
+        0.4  # share of warm-up samples that are the translations themselves (rank N-1)
+    )
     em_steps: int = 1000  # EM steps (GMM and encoder label each other)
 
 
@@ -131,7 +141,10 @@ class TrainConfig:
             (r.batch_pairs >= 2, "run.batch_pairs must be >= 2"),
             (r.queue_size >= 0, "run.queue_size must be >= 0"),
             (0 <= r.momentum < 1, "run.momentum must be in [0, 1)"),
-            (r.precision in ("auto", "fp32", "bf16", "fp16"), "run.precision: auto, fp32, bf16 or fp16"),
+            (
+                r.precision in ("auto", "fp32", "bf16", "fp16"),
+                "run.precision: auto, fp32, bf16 or fp16",
+            ),
             (self.optim.grad_accum >= 1, "optim.grad_accum must be >= 1"),
             (0 <= self.data.mono_ratio < 1, "data.mono_ratio must be in [0, 1)"),
             (0 <= self.phases.gmm_golden < 1, "phases.gmm_golden must be in [0, 1)"),
@@ -151,8 +164,9 @@ def _build(cls, data: dict[str, Any], where: str):
     kwargs = {}
     for key, value in data.items():
         if key not in fields:
-            raise ConfigError(f"unknown config key {where + key!r}",
-                              hint=f"known keys: {', '.join(fields)}")
+            raise ConfigError(
+                f"unknown config key {where + key!r}", hint=f"known keys: {', '.join(fields)}"
+            )
         if cls is TrainConfig:
             if not isinstance(value, dict):
                 raise ConfigError(f"config key {where + key!r} must be a table")
@@ -178,13 +192,21 @@ def _check_type(default_obj, key: str, value, where: str):
     else:
         ok = True
     if not ok:
-        raise ConfigError(f"config key {where + key!r}: expected {type(default).__name__}, "
-                          f"got {type(value).__name__} ({value!r})")
+        raise ConfigError(
+            f"config key {where + key!r}: expected {type(default).__name__}, "
+            f"got {type(value).__name__} ({value!r})"
+        )
     return value
 
 
-_SECTIONS = {"model": ModelSection, "data": DataSection, "phases": PhaseSection,
-             "loss": LossSection, "optim": OptimSection, "run": RunSection}
+_SECTIONS = {
+    "model": ModelSection,
+    "data": DataSection,
+    "phases": PhaseSection,
+    "loss": LossSection,
+    "optim": OptimSection,
+    "run": RunSection,
+}
 
 
 def config_from_dict(d: dict[str, Any]) -> TrainConfig:
@@ -203,7 +225,9 @@ def parse_override(s: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
-def load_config(path: str | os.PathLike | None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+def load_config(
+    path: str | os.PathLike | None, overrides: list[str] | tuple[str, ...] = ()
+) -> TrainConfig:
     """Read a TOML config and apply ``section.key=value`` overrides; validate.
 
     Raises:

@@ -12,15 +12,16 @@
 
 The sampler is a deterministic function of (seed, rank, number of batches drawn): resuming
 replays the draws (``skip``) without encoding anything, so the data position is one integer."""
+
 from __future__ import annotations
 
 import glob
 import logging
 import os
 import re
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -44,7 +45,11 @@ def eval_sentence_set(dirs: Sequence[str | os.PathLike]) -> set[str]:
         if not p.exists():
             log.warning("eval folder %s not found: its sentences cannot be filtered out", p)
             continue
-        files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file() and f.suffix != ".md")
+        files = (
+            [p]
+            if p.is_file()
+            else sorted(f for f in p.rglob("*") if f.is_file() and f.suffix != ".md")
+        )
         for f in files:
             with open(f, encoding="utf-8", errors="replace") as fh:
                 for line in fh:
@@ -74,7 +79,9 @@ def _lang_of(path: Path, kind: str) -> str:
 def _expand(pattern: str) -> list[Path]:
     hits = sorted(glob.glob(os.path.expanduser(pattern)))
     if not hits:
-        raise InputError(f"{pattern}: no training files match", hint="check data.parallel / data.mono")
+        raise InputError(
+            f"{pattern}: no training files match", hint="check data.parallel / data.mono"
+        )
     return [Path(h) for h in hits if Path(h).is_file()]
 
 
@@ -112,7 +119,7 @@ def _read(src: Source, max_lines: int) -> Iterator[tuple[int, tuple[str, ...]]]:
     """(line number, fields) of one pass over a source; pairs are (xx, eng)."""
     if src.kind == "pair":
         with open(src.paths[0], encoding="utf-8") as a, open(src.paths[1], encoding="utf-8") as b:
-            for i, (x, y) in enumerate(zip(a, b)):
+            for i, (x, y) in enumerate(zip(a, b, strict=False)):
                 if max_lines and i >= max_lines:
                     return
                 yield i, (x.rstrip("\n"), y.rstrip("\n"))
@@ -128,8 +135,16 @@ def _read(src: Source, max_lines: int) -> Iterator[tuple[int, tuple[str, ...]]]:
 class _Stream:
     """Endless shuffled stream of one source (this rank's shard, eval lines removed)."""
 
-    def __init__(self, src: Source, rng: np.random.Generator, buffer: int, max_lines: int,
-                 banned: set[str], rank: int, world: int):
+    def __init__(
+        self,
+        src: Source,
+        rng: np.random.Generator,
+        buffer: int,
+        max_lines: int,
+        banned: set[str],
+        rank: int,
+        world: int,
+    ):
         self.src, self.rng, self.size = src, rng, max(1, buffer)
         self.max_lines, self.banned, self.rank, self.world = max_lines, banned, rank, world
         self.buf: list[tuple[str, ...]] = []
@@ -151,8 +166,10 @@ class _Stream:
                 n += 1
                 yield fields
             if n == 0:
-                raise InputError(f"{self.src.paths[0]}: no usable lines for rank {self.rank}",
-                                 hint="remove the file or give it more lines")
+                raise InputError(
+                    f"{self.src.paths[0]}: no usable lines for rank {self.rank}",
+                    hint="remove the file or give it more lines",
+                )
 
     def next(self) -> tuple[str, ...]:
         while len(self.buf) < self.size:
@@ -179,8 +196,10 @@ class Batch:
 class _LangSampler:
     def __init__(self, sources: list[Source], alpha: float, rng: np.random.Generator, make_stream):
         self.langs = sorted({s.lang for s in sources})
-        sizes = np.array([sum(s.lines for s in sources if s.lang == lang) for lang in self.langs], float)
-        p = sizes ** alpha
+        sizes = np.array(
+            [sum(s.lines for s in sources if s.lang == lang) for lang in self.langs], float
+        )
+        p = sizes**alpha
         self.p = p / p.sum()
         self.rng = rng
         self.by_lang = []
@@ -202,12 +221,25 @@ class BatchSampler:
     """Endless micro-batches of ``num_pairs`` parallel pairs plus ``num_mono`` monolingual
     sentences; deterministic for (seed, rank)."""
 
-    def __init__(self, parallel: list[Source], mono: list[Source], num_pairs: int, num_mono: int,
-                 alpha: float = 0.3, seed: int = 0, rank: int = 0, world: int = 1,
-                 banned: set[str] | None = None, shuffle_buffer: int = 2048, max_lines: int = 0):
+    def __init__(
+        self,
+        parallel: list[Source],
+        mono: list[Source],
+        num_pairs: int,
+        num_mono: int,
+        alpha: float = 0.3,
+        seed: int = 0,
+        rank: int = 0,
+        world: int = 1,
+        banned: set[str] | None = None,
+        shuffle_buffer: int = 2048,
+        max_lines: int = 0,
+    ):
         if num_mono and not mono:
-            raise ConfigError("monolingual sentences requested but data.mono is empty",
-                              hint="list mono files or set data.mono_ratio = 0")
+            raise ConfigError(
+                "monolingual sentences requested but data.mono is empty",
+                hint="list mono files or set data.mono_ratio = 0",
+            )
         self.rng = np.random.default_rng([seed, rank, 7919])
         banned = banned or set()
 
@@ -242,8 +274,9 @@ class BatchSampler:
         return sum(s.dropped for s in streams)
 
 
-def read_pairs(paths: Sequence[str | os.PathLike], n: int, seed: int = 0,
-               banned: set[str] | None = None) -> tuple[list[str], list[str], list[str]]:
+def read_pairs(
+    paths: Sequence[str | os.PathLike], n: int, seed: int = 0, banned: set[str] | None = None
+) -> tuple[list[str], list[str], list[str]]:
     """Up to ``n`` pairs spread evenly over TSV ``paths`` (globs allowed): (xx, eng, langs).
     Used for the dev set and the GMM warm-up sample."""
     files = [p for pat in paths for p in _expand(str(pat))]

@@ -3,6 +3,7 @@ all_gather of keys for the queue, gradient averaging. Every function is a no-op 
 process, so the trainer has one code path.
 
     torchrun --nproc_per_node 2 -m emmax_cli train --config configs/train/tiny.toml"""
+
 from __future__ import annotations
 
 import os
@@ -31,8 +32,11 @@ def setup(device: str) -> DistInfo:
     """Join the process group if launched by torchrun (RANK and WORLD_SIZE set)."""
     if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return DistInfo()
-    info = DistInfo(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]),
-                    int(os.environ.get("LOCAL_RANK", "0")))
+    info = DistInfo(
+        int(os.environ["RANK"]),
+        int(os.environ["WORLD_SIZE"]),
+        int(os.environ.get("LOCAL_RANK", "0")),
+    )
     if not dist.is_initialized():
         backend = "nccl" if device.startswith("cuda") else "gloo"
         if backend == "nccl":

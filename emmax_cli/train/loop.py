@@ -24,6 +24,7 @@ retrieval accuracy), atomic checkpoints with exact resume (same losses as an uni
 
 Raises (from ``setup``): ConfigError for a bad combination (fp16 on CPU, a missing previous
 phase, nothing to resume), InputError for missing data."""
+
 from __future__ import annotations
 
 import json
@@ -33,18 +34,18 @@ import os
 import random
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 
 from ..device import autocast, pick_precision, resolve_device
 from ..errors import ConfigError, EmmaxError
+from ..io.atomic import atomic_output
 from . import distributed as D
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import PHASES, TrainConfig, config_from_dict, dump_toml
-from ..io.atomic import atomic_output
 from .data import BatchSampler, eval_sentence_set, find_sources, normalize_line, read_pairs
 from .losses import MLMHead, gmm_cross_entropy, mask_tokens, mlm_loss, ranking_infonce
 from .queue import MomentumQueue, SplitEncoder, pad_batch
@@ -53,8 +54,17 @@ log = logging.getLogger(__name__)
 
 OnStep = Callable[[str, int, int, dict], None]
 # Config values that may change on --resume without a warning (they do not change the maths).
-RESUMABLE = {"run.log_every", "run.eval_every", "run.save_every", "run.keep_checkpoints", "run.out",
-             "run.device", "run.threads", "data.dev", "data.dev_pairs"}
+RESUMABLE = {
+    "run.log_every",
+    "run.eval_every",
+    "run.save_every",
+    "run.keep_checkpoints",
+    "run.out",
+    "run.device",
+    "run.threads",
+    "data.dev",
+    "data.dev_pairs",
+}
 
 
 def lr_at(step: int, total: int, peak: float, warmup: int, floor: float = 0.0) -> float:
@@ -77,7 +87,11 @@ def set_seed(seed: int, rank: int = 0) -> int:
 
 
 def _rng_state() -> dict:
-    st = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    st = {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
     if torch.cuda.is_available():
         st["cuda"] = torch.cuda.get_rng_state_all()
     return st
@@ -95,7 +109,9 @@ class Trainer:
     """One EMMA-X training run: ``setup(phase, resume)``, ``train()``, ``save()``, ``load()``,
     ``cleanup()``; ``run(phases, resume)`` does them in order for several phases."""
 
-    def __init__(self, cfg: TrainConfig, on_step: OnStep | None = None, crash_at: int | None = None):
+    def __init__(
+        self, cfg: TrainConfig, on_step: OnStep | None = None, crash_at: int | None = None
+    ):
         self.cfg = cfg
         self.on_step = on_step
         self.crash_at = crash_at  # tests: raise after this step (a kill), like faiss' crash_at
@@ -110,7 +126,9 @@ class Trainer:
         try:
             self.precision = pick_precision(self.cfg.run.precision, self.device)
         except EmmaxError as e:
-            raise ConfigError(f"run.precision = {self.cfg.run.precision}: {e.message}", hint=e.hint) from None
+            raise ConfigError(
+                f"run.precision = {self.cfg.run.precision}: {e.message}", hint=e.hint
+            ) from None
         if self.cfg.run.threads:
             self._prev_threads = torch.get_num_threads()  # restored by cleanup()
             torch.set_num_threads(self.cfg.run.threads)
@@ -125,8 +143,10 @@ class Trainer:
         prev = "ctl" if phase == "gmm" else "gmm"
         src = self.out / prev
         if not (src / "emmax.json").exists():
-            raise ConfigError(f"phase {phase} starts from {src}, which does not exist",
-                              hint=f"run --phase {prev} first (same --out)")
+            raise ConfigError(
+                f"phase {phase} starts from {src}, which does not exist",
+                hint=f"run --phase {prev} first (same --out)",
+            )
         return src
 
     def setup(self, phase: str, resume: bool = False) -> None:
@@ -143,10 +163,14 @@ class Trainer:
         if resume:
             ck = latest_checkpoint(self.out)
             if ck is None:
-                raise ConfigError(f"{self.out}: no checkpoint to resume from", hint="start without --resume")
+                raise ConfigError(
+                    f"{self.out}: no checkpoint to resume from", hint="start without --resume"
+                )
             state = torch.load(ck / "trainer_state.pt", map_location="cpu", weights_only=False)
             if state["phase"] != phase:
-                raise ConfigError(f"the newest checkpoint {ck.name} is from phase {state['phase']}, not {phase}")
+                raise ConfigError(
+                    f"the newest checkpoint {ck.name} is from phase {state['phase']}, not {phase}"
+                )
             self._adopt_config(state["config"])
         cfg = self.cfg
         self._resolve_device()
@@ -161,19 +185,29 @@ class Trainer:
         self.pad_id = enc.pad_id
         self.model = enc.model
         self.model.eval()  # the frozen trunk never uses dropout; the top switches in train()
-        self.enc = SplitEncoder(self.model, cfg.model.train_layers, cfg.model.freeze_embeddings,
-                                cfg.model.projection, enc.config.pooling, enc.config.normalize).to(self.device)
+        self.enc = SplitEncoder(
+            self.model,
+            cfg.model.train_layers,
+            cfg.model.freeze_embeddings,
+            cfg.model.projection,
+            enc.config.pooling,
+            enc.config.normalize,
+        ).to(self.device)
         if (Path(str(src)) / "projection.safetensors").exists() and "proj" in self.enc.top:
             from safetensors.torch import load_file
 
-            self.enc.top["proj"].load_state_dict(load_file(str(Path(str(src)) / "projection.safetensors")))
+            self.enc.top["proj"].load_state_dict(
+                load_file(str(Path(str(src)) / "projection.safetensors"))
+            )
         self.dim = int(self.model.config.hidden_size)
         self.N = cfg.loss.num_ranks
         self.gmm = None
         if phase == "em":
             self.gmm = GMMHead.from_dir(src, dim=self.dim).to(self.device)
             self.gmm.train()
-        self.mq = MomentumQueue(self.enc.top, self.dim, cfg.run.queue_size, cfg.run.momentum).to(self.device)
+        self.mq = MomentumQueue(self.enc.top, self.dim, cfg.run.queue_size, cfg.run.momentum).to(
+            self.device
+        )
         self.mq.key_top.eval()
         self.mlm = None
         if cfg.loss.mlm and phase != "gmm":
@@ -181,19 +215,36 @@ class Trainer:
             self.mlm = MLMHead(self.dim, we.shape[0]).to(self.device)
             self.mask_id = self.tok.token_to_id("<mask>") or self.tok.token_to_id("[MASK]")
             if self.mask_id is None:
-                raise ConfigError("loss.mlm needs a <mask> token in the tokenizer", hint="set loss.mlm = false")
-            specials = [self.tok.token_to_id(t) for t in ("<s>", "</s>", "<pad>", "[CLS]", "[SEP]", "[PAD]")]
-            self.special_ids = torch.tensor([s for s in specials if s is not None], device=self.device)
+                raise ConfigError(
+                    "loss.mlm needs a <mask> token in the tokenizer", hint="set loss.mlm = false"
+                )
+            specials = [
+                self.tok.token_to_id(t) for t in ("<s>", "</s>", "<pad>", "[CLS]", "[SEP]", "[PAD]")
+            ]
+            self.special_ids = torch.tensor(
+                [s for s in specials if s is not None], device=self.device
+            )
         self.mask_gen = torch.Generator().manual_seed(self.seed + 1)
-        params = [p for p in self.enc.top.parameters()] + (list(self.mlm.parameters()) if self.mlm else [])
+        params = [p for p in self.enc.top.parameters()] + (
+            list(self.mlm.parameters()) if self.mlm else []
+        )
         decay = [p for p in params if p.ndim >= 2]
         rest = [p for p in params if p.ndim < 2]
         o = cfg.optim
-        self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay},
-                                      {"params": rest, "weight_decay": 0.0}],
-                                     lr=o.lr, betas=tuple(o.betas), eps=o.eps)
-        self.gmm_opt = (torch.optim.Adam(self.gmm.parameters(), lr=o.gmm_lr, betas=tuple(o.betas))
-                        if self.gmm is not None else None)
+        self.opt = torch.optim.AdamW(
+            [
+                {"params": decay, "weight_decay": o.weight_decay},
+                {"params": rest, "weight_decay": 0.0},
+            ],
+            lr=o.lr,
+            betas=tuple(o.betas),
+            eps=o.eps,
+        )
+        self.gmm_opt = (
+            torch.optim.Adam(self.gmm.parameters(), lr=o.gmm_lr, betas=tuple(o.betas))
+            if self.gmm is not None
+            else None
+        )
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
         self.step = 0
         self.total = cfg.phase_steps(phase)
@@ -210,8 +261,12 @@ class Trainer:
             for k, v in vals.items():
                 key = f"{sec}.{k}"
                 if mine[sec][k] != v and key not in RESUMABLE and sec != "phases":
-                    log.warning("resume: %s = %r in the checkpoint, %r in the config; using the checkpoint's",
-                                key, v, mine[sec][k])
+                    log.warning(
+                        "resume: %s = %r in the checkpoint, %r in the config; using the checkpoint's",
+                        key,
+                        v,
+                        mine[sec][k],
+                    )
                     mine[sec][k] = v
         self.cfg = config_from_dict(mine)
 
@@ -226,19 +281,34 @@ class Trainer:
             if self.dist.is_main:
                 self.out.mkdir(parents=True, exist_ok=True)
                 with atomic_output(self.out / "dev.tsv") as tmp:
-                    tmp.write_text("".join(f"{a}\t{b}\t{lang}\n" for a, b, lang in zip(xx, en, langs)),
-                                   encoding="utf-8")
+                    tmp.write_text(
+                        "".join(f"{a}\t{b}\t{lang}\n" for a, b, lang in zip(xx, en, langs, strict=False)),
+                        encoding="utf-8",
+                    )
         par = find_sources(d.parallel, "tsv", d.max_lines)
         mono = find_sources(d.mono, "mono", d.max_lines) if d.mono else []
         B = cfg.run.batch_pairs
         num_pairs, num_mono = B, 0
-        if self.phase == "em" and mono and d.mono_ratio > 0:  # mix: 2P + M sentences, M/(2P+M) = ratio
+        if (
+            self.phase == "em" and mono and d.mono_ratio > 0
+        ):  # mix: 2P + M sentences, M/(2P+M) = ratio
             total = 2 * B
             num_mono = int(round(total * d.mono_ratio))
             num_pairs = max(1, (total - num_mono) // 2)
         phase_seed = cfg.run.seed * 1000 + PHASES.index(self.phase)
-        self.sampler = BatchSampler(par, mono, num_pairs, num_mono, d.alpha, phase_seed, self.dist.rank,
-                                    self.dist.world, banned, d.shuffle_buffer, d.max_lines)
+        self.sampler = BatchSampler(
+            par,
+            mono,
+            num_pairs,
+            num_mono,
+            d.alpha,
+            phase_seed,
+            self.dist.rank,
+            self.dist.world,
+            banned,
+            d.shuffle_buffer,
+            d.max_lines,
+        )
 
     # ---- encoding -----------------------------------------------------------------------------
     def _ids(self, texts: list[str]):
@@ -282,9 +352,13 @@ class Trainer:
         x, mask = self._ids(batch.texts)
         h, ext = self.enc.trunk(x, mask)
         with self._autocast():
-            q = self.enc.sentence(self.enc.top, self.enc.top_hidden(self.enc.top, h, ext), mask)  # (B, d)
+            q = self.enc.sentence(
+                self.enc.top, self.enc.top_hidden(self.enc.top, h, ext), mask
+            )  # (B, d)
             with torch.no_grad():
-                k = self.enc.sentence(self.mq.key_top, self.enc.top_hidden(self.mq.key_top, h, ext), mask)
+                k = self.enc.sentence(
+                    self.mq.key_top, self.enc.top_hidden(self.mq.key_top, h, ext), mask
+                )
         q, k = q.float(), k.float()
         cand = torch.cat([k, self.mq.entries()])  # (B + K', d)
         S = q @ cand.T  # (B, B + K') cosines
@@ -325,13 +399,20 @@ class Trainer:
                         ok &= conf >= cfg.loss.min_posterior
                     ok |= golden
                 free = keep & ~golden
-                stats["agreement"] = float((c_g[free] == c_m[free]).float().mean()) if free.any() else None
+                stats["agreement"] = (
+                    float((c_g[free] == c_m[free]).float().mean()) if free.any() else None
+                )
                 dist_g = torch.bincount(c_g[keep], minlength=N).float()
                 stats["rank_dist"] = [round(v, 4) for v in (dist_g / dist_g.sum()).tolist()]
                 stats["rank_means"] = [round(v, 4) for v in gmm.rank_means.tolist()]
             l_ctl, rows_per = ranking_infonce(S, labels, exclude, cfg.taus(), ok)
-            l_gmm = gmm_cross_entropy(lj, c_m, cfg.loss.label_smoothing, cfg.loss.class_weight_cap,
-                                      cfg.loss.gmm_anchor / self.dim)
+            l_gmm = gmm_cross_entropy(
+                lj,
+                c_m,
+                cfg.loss.label_smoothing,
+                cfg.loss.class_weight_cap,
+                cfg.loss.gmm_anchor / self.dim,
+            )
             stats["loss_gmm"] = float(l_gmm.detach())
             stats["pos_rows"] = rows_per
             loss = l_ctl + l_gmm
@@ -347,8 +428,9 @@ class Trainer:
         """MLM on a masked copy; logits only at the masked positions (F3, F17)."""
         we = self.model.embeddings.word_embeddings.weight
         special = torch.isin(x, self.special_ids)
-        xm, chosen = mask_tokens(x, mask, special, self.cfg.loss.mlm_prob, self.mask_id, we.shape[0],
-                                 self.mask_gen)
+        xm, chosen = mask_tokens(
+            x, mask, special, self.cfg.loss.mlm_prob, self.mask_id, we.shape[0], self.mask_gen
+        )
         h, ext = self.enc.trunk(xm, mask)
         with self._autocast():
             hs = self.enc.top_hidden(self.enc.top, h, ext)[chosen]  # (M, d)
@@ -390,7 +472,9 @@ class Trainer:
             params = self._params()
             D.average_gradients(params)
             self.scaler.unscale_(self.opt)
-            gnorm = torch.nn.utils.clip_grad_norm_(params, o.grad_clip if o.grad_clip > 0 else float("inf"))
+            gnorm = torch.nn.utils.clip_grad_norm_(
+                params, o.grad_clip if o.grad_clip > 0 else float("inf")
+            )
             self.scaler.step(self.opt)
             self.scaler.update()
             self.opt.zero_grad(set_to_none=True)
@@ -401,7 +485,13 @@ class Trainer:
             self.step += 1
             self.elapsed += time.perf_counter() - t0
             n_last += sents / 2 * self.dist.world  # pair equivalents (2 sentences each)
-            rec = {"phase": self.phase, "step": self.step, "lr": lr, "grad_norm": float(gnorm), **sums}
+            rec = {
+                "phase": self.phase,
+                "step": self.step,
+                "lr": lr,
+                "grad_norm": float(gnorm),
+                **sums,
+            }
             if self.gmm_opt is not None:
                 rec["gmm_lr"] = o.gmm_lr
             if self.step % cfg.run.eval_every == 0 or self.step == self.total:
@@ -440,17 +530,29 @@ class Trainer:
         xx, en = xx[:want], en[:want]
         q, t = self.embed(xx), self.embed(en)
         q, t = D.all_gather_cat(q), D.all_gather_cat(t)
-        self.gmm = fit_gmm_interpolation(q, t, self.N, steps=cfg.phases.gmm_steps, lr=cfg.phases.gmm_warmup_lr,
-                                         seed=cfg.run.seed, golden=cfg.phases.gmm_golden)
+        self.gmm = fit_gmm_interpolation(
+            q,
+            t,
+            self.N,
+            steps=cfg.phases.gmm_steps,
+            lr=cfg.phases.gmm_warmup_lr,
+            seed=cfg.run.seed,
+            golden=cfg.phases.gmm_golden,
+        )
         with torch.no_grad():
             probs = self.gmm.rank_probs_pairs(q, t)
             shuffled = t[torch.roll(torch.arange(len(t)), 1)]
             rprobs = self.gmm.rank_probs_pairs(q, shuffled)
         self.step, self.elapsed = 1, time.perf_counter() - t0
-        rec = {"phase": "gmm", "step": 1, "pairs": len(q), "elapsed_s": round(self.elapsed, 2),
-               "train_top_rank": float((probs.argmax(-1) == self.N - 1).float().mean()),
-               "train_random_rank0": float((rprobs.argmax(-1) == 0).float().mean()),
-               "rank_means": [round(v, 4) for v in self.gmm.rank_means.tolist()]}
+        rec = {
+            "phase": "gmm",
+            "step": 1,
+            "pairs": len(q),
+            "elapsed_s": round(self.elapsed, 2),
+            "train_top_rank": float((probs.argmax(-1) == self.N - 1).float().mean()),
+            "train_random_rank0": float((rprobs.argmax(-1) == 0).float().mean()),
+            "rank_means": [round(v, 4) for v in self.gmm.rank_means.tolist()],
+        }
         self._log(rec)
         if self.on_step and self.dist.is_main:
             self.on_step("gmm", 1, 1, rec)
@@ -462,7 +564,12 @@ class Trainer:
         self.history.append(rec)
         if not self.dist.is_main:
             return
-        log.info("%s", " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.items()))
+        log.info(
+            "%s",
+            " ".join(
+                f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.items()
+            ),
+        )
         self.out.mkdir(parents=True, exist_ok=True)
         with open(self.out / "train_log.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(rec) + "\n")
@@ -485,23 +592,41 @@ class Trainer:
             rngs = [None] * self.dist.world
             dist.all_gather_object(rngs, rng)
         if self.dist.is_main:
-            state = {"phase": self.phase, "step": self.step, "seed": self.cfg.run.seed, "world": self.dist.world,
-                     "opt": self.opt.state_dict(),
-                     "gmm_opt": self.gmm_opt.state_dict() if self.gmm_opt else None,
-                     "scaler": self.scaler.state_dict(), "queue": self.mq.state_dict(),
-                     "mlm": self.mlm.state_dict() if self.mlm else None, "rng": rngs,
-                     "data_position": self.sampler.drawn, "elapsed": self.elapsed,
-                     "config": self.cfg.to_dict()}
-            save_checkpoint(self.out, self.phase, self.step, self._weights(), state, dump_toml(self.cfg), gmm=self.gmm,
-                            keep=self.cfg.run.keep_checkpoints)
+            state = {
+                "phase": self.phase,
+                "step": self.step,
+                "seed": self.cfg.run.seed,
+                "world": self.dist.world,
+                "opt": self.opt.state_dict(),
+                "gmm_opt": self.gmm_opt.state_dict() if self.gmm_opt else None,
+                "scaler": self.scaler.state_dict(),
+                "queue": self.mq.state_dict(),
+                "mlm": self.mlm.state_dict() if self.mlm else None,
+                "rng": rngs,
+                "data_position": self.sampler.drawn,
+                "elapsed": self.elapsed,
+                "config": self.cfg.to_dict(),
+            }
+            save_checkpoint(
+                self.out,
+                self.phase,
+                self.step,
+                self._weights(),
+                state,
+                dump_toml(self.cfg),
+                gmm=self.gmm,
+                keep=self.cfg.run.keep_checkpoints,
+            )
         D.barrier()
 
     def load(self, path: Path) -> None:
         """Restore a checkpoint made by ``save`` into a set-up trainer of the same phase."""
         weights, state = load_checkpoint(path)
         if state.get("world", 1) != self.dist.world:
-            raise ConfigError(f"checkpoint made with {state['world']} processes, now {self.dist.world}",
-                              hint="resume with the same number of processes")
+            raise ConfigError(
+                f"checkpoint made with {state['world']} processes, now {self.dist.world}",
+                hint="resume with the same number of processes",
+            )
         self.enc.top.load_state_dict(weights)
         self.mq.load_state_dict(state["queue"])
         self.opt.load_state_dict(state["opt"])
@@ -535,19 +660,34 @@ class Trainer:
         if self.gmm is not None:
             self.gmm.save(tmp)
             files = {f: sha256_file(tmp / f) for f in ("gmm_head.safetensors", "gmm_head.json")}
-        extra = {"trained_by": "emmax train", "phase": self.phase, "train_config": self.cfg.to_dict()}
+        extra = {
+            "trained_by": "emmax train",
+            "phase": self.phase,
+            "train_config": self.cfg.to_dict(),
+        }
         if "proj" in self.enc.top:
             from safetensors.torch import save_file
 
-            save_file({k: v.contiguous() for k, v in self.enc.top["proj"].state_dict().items()},
-                      str(tmp / "projection.safetensors"))
+            save_file(
+                {k: v.contiguous() for k, v in self.enc.top["proj"].state_dict().items()},
+                str(tmp / "projection.safetensors"),
+            )
             extra["projection"] = "projection.safetensors"
         bc = self.base_config
-        mc = ModelConfig(name=self.cfg.model.name, pooling=bc.pooling, normalize=bc.normalize, prefix=bc.prefix,
-                         max_length=bc.max_length, dim=self.dim,
-                         base_model=bc.base_model if bc.extra.get("trained_by") else bc.name,
-                         mine_threshold=bc.mine_threshold, mine_threshold_source=bc.mine_threshold_source,
-                         num_ranks=self.N if self.gmm is not None else None, files=files, extra=extra)
+        mc = ModelConfig(
+            name=self.cfg.model.name,
+            pooling=bc.pooling,
+            normalize=bc.normalize,
+            prefix=bc.prefix,
+            max_length=bc.max_length,
+            dim=self.dim,
+            base_model=bc.base_model if bc.extra.get("trained_by") else bc.name,
+            mine_threshold=bc.mine_threshold,
+            mine_threshold_source=bc.mine_threshold_source,
+            num_ranks=self.N if self.gmm is not None else None,
+            files=files,
+            extra=extra,
+        )
         save_model_dir(tmp, self.model, self.base_tok, mc)
         shutil.rmtree(root, ignore_errors=True)
         os.replace(tmp, root)
@@ -569,8 +709,12 @@ class Trainer:
         if resume:
             ck = latest_checkpoint(self.out)
             if ck is None:
-                raise ConfigError(f"{self.out}: no checkpoint to resume from", hint="start without --resume")
-            ck_phase = torch.load(ck / "trainer_state.pt", map_location="cpu", weights_only=False)["phase"]
+                raise ConfigError(
+                    f"{self.out}: no checkpoint to resume from", hint="start without --resume"
+                )
+            ck_phase = torch.load(ck / "trainer_state.pt", map_location="cpu", weights_only=False)[
+                "phase"
+            ]
         try:
             for p in phases:
                 exported = (self.out / p / "emmax.json").exists()

@@ -1,8 +1,9 @@
 """EMMA-X losses (shared/docs/emmax-algorithm.md §5): ranking InfoNCE for the encoder, label-
 smoothed cross-entropy for the GMM, and an optional MLM term computed at masked positions only."""
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -10,8 +11,13 @@ from torch import Tensor, nn
 NEG = float("-inf")
 
 
-def ranking_infonce(sim: Tensor, labels: Tensor, exclude: Tensor, taus: Sequence[float],
-                    positive_ok: Tensor | None = None) -> tuple[Tensor, dict[int, int]]:
+def ranking_infonce(
+    sim: Tensor,
+    labels: Tensor,
+    exclude: Tensor,
+    taus: Sequence[float],
+    positive_ok: Tensor | None = None,
+) -> tuple[Tensor, dict[int, int]]:
     """Ranking InfoNCE (RINCE; §5.1) over candidates with ranks 0..N-1.
 
     For each level r = 1..N-1: positives P_r(b) = {j : r_bj = r}, denominator D_r(b) =
@@ -50,8 +56,13 @@ def ranking_infonce(sim: Tensor, labels: Tensor, exclude: Tensor, taus: Sequence
     return total, rows
 
 
-def gmm_cross_entropy(log_joint: Tensor, target: Tensor, smoothing: float = 0.3,
-                      weight_cap: float = 10.0, anchor: float = 0.0) -> Tensor:
+def gmm_cross_entropy(
+    log_joint: Tensor,
+    target: Tensor,
+    smoothing: float = 0.3,
+    weight_cap: float = 10.0,
+    anchor: float = 0.0,
+) -> Tensor:
     """Label-smoothed CE of the GMM posterior against the encoder's ranks (§5.2).
 
     Args:
@@ -100,8 +111,15 @@ class MLMHead(nn.Module):
         return x @ word_embeddings.T + self.bias
 
 
-def mask_tokens(ids: Tensor, attn: Tensor, special: Tensor, prob: float, mask_id: int, vocab: int,
-                generator: torch.Generator) -> tuple[Tensor, Tensor]:
+def mask_tokens(
+    ids: Tensor,
+    attn: Tensor,
+    special: Tensor,
+    prob: float,
+    mask_id: int,
+    vocab: int,
+    generator: torch.Generator,
+) -> tuple[Tensor, Tensor]:
     """BERT masking (80% <mask>, 10% random, 10% kept) of ``prob`` of the non-special tokens.
 
     Returns the masked copy of ``ids`` (B, L) and the (B, L) bool mask of the chosen positions

@@ -9,6 +9,7 @@ MoCo (He et al. 2020; facebookresearch/moco ``builder.py``): the key encoder is 
 the query encoder at construction (fixes F1), updated by xi <- m xi + (1 - m) theta; the queue is
 a FIFO of any size with wrap-around writes (fixes F7), kept as buffers so that it is saved with
 the state dict. It starts empty: only entries already written are candidates."""
+
 from __future__ import annotations
 
 import copy
@@ -23,9 +24,13 @@ from ..models.pooling import pool
 def extended_mask(model, mask: Tensor, hidden: Tensor):
     """The attention mask in the form the model's layers expect (built as the model would)."""
     if hasattr(model, "_create_attention_masks"):
-        return model._create_attention_masks(attention_mask=mask, encoder_attention_mask=None,
-                                             embedding_output=hidden, encoder_hidden_states=None,
-                                             cache=None)[0]
+        return model._create_attention_masks(
+            attention_mask=mask,
+            encoder_attention_mask=None,
+            embedding_output=hidden,
+            encoder_hidden_states=None,
+            cache=None,
+        )[0]
     return model.get_extended_attention_mask(mask, mask.shape)  # transformers < 5
 
 
@@ -40,14 +45,21 @@ class SplitEncoder(nn.Module):
     only when every layer trains and embeddings are not frozen) and ``proj`` (d x d linear,
     identity-initialised, if ``projection``). Sentence vector = normalise(proj(mean-pool(h)))."""
 
-    def __init__(self, model, train_layers: int = -1, freeze_embeddings: bool = False,
-                 projection: bool = False, pooling: str = "mean", normalize: bool = True):
+    def __init__(
+        self,
+        model,
+        train_layers: int = -1,
+        freeze_embeddings: bool = False,
+        projection: bool = False,
+        pooling: str = "mean",
+        normalize: bool = True,
+    ):
         super().__init__()
         layers = model.encoder.layer
         n = len(layers) if train_layers < 0 else min(train_layers, len(layers))
         self.model, self.pooling, self.normalize = model, pooling, normalize
         self.split = len(layers) - n
-        top = nn.ModuleDict({"layers": nn.ModuleList(layers[self.split:])})
+        top = nn.ModuleDict({"layers": nn.ModuleList(layers[self.split :])})
         if self.split == 0 and not freeze_embeddings:
             top["emb"] = model.embeddings
         if projection:
@@ -68,7 +80,9 @@ class SplitEncoder(nn.Module):
         with torch.no_grad():
             if "emb" in self.top:
                 h = self.model.embeddings.word_embeddings(ids[:, :1])  # only for the mask dtype
-                return ids, extended_mask(self.model, mask, h.expand(ids.shape[0], ids.shape[1], -1))
+                return ids, extended_mask(
+                    self.model, mask, h.expand(ids.shape[0], ids.shape[1], -1)
+                )
             h = self.model.embeddings(input_ids=ids)
             ext = extended_mask(self.model, mask, h)
             for layer in self.trunk_layers:
@@ -119,7 +133,7 @@ class MomentumQueue(nn.Module):
     @torch.no_grad()
     def momentum_update(self, query_top: nn.Module) -> None:
         """xi <- m xi + (1 - m) theta for every key parameter."""
-        for pk, pq in zip(self.key_top.parameters(), query_top.parameters()):
+        for pk, pq in zip(self.key_top.parameters(), query_top.parameters(), strict=False):
             pk.mul_(self.momentum).add_(pq.detach(), alpha=1.0 - self.momentum)
 
     def entries(self) -> Tensor:
@@ -131,7 +145,7 @@ class MomentumQueue(nn.Module):
         """Write (n, d) keys at the pointer with wrap-around; n > K keeps the last K."""
         if self.size == 0:
             return
-        keys = keys.detach().float()[-self.size:]
+        keys = keys.detach().float()[-self.size :]
         n, p = keys.shape[0], int(self.ptr)
         idx = (torch.arange(n, device=keys.device) + p) % self.size
         self.queue[idx] = keys

@@ -12,6 +12,7 @@ and FLORES-200 devtest xx-eng, an evaluation set never trained on): share of tru
 given the top rank, share of random pairs given rank 0, and the mean expected rank of partial
 pairs whose English side has a growing share of its words replaced by words of other sentences
 (or dropped), which should fall monotonically."""
+
 from __future__ import annotations
 
 import argparse
@@ -38,17 +39,29 @@ def tatoeba(model: str, out: str | None) -> dict:
     rows = {}
     for r in res.languages:
         b = base[r.lang]
-        rows[r.lang] = {"xx2eng": r.xx2eng, "eng2xx": r.eng2xx, "base_xx2eng": b["xx2eng"],
-                        "base_eng2xx": b["eng2xx"], "d_xx2eng": r.xx2eng - b["xx2eng"],
-                        "d_eng2xx": r.eng2xx - b["eng2xx"]}
+        rows[r.lang] = {
+            "xx2eng": r.xx2eng,
+            "eng2xx": r.eng2xx,
+            "base_xx2eng": b["xx2eng"],
+            "base_eng2xx": b["eng2xx"],
+            "d_xx2eng": r.xx2eng - b["xx2eng"],
+            "d_eng2xx": r.eng2xx - b["eng2xx"],
+        }
     mean = {k: float(np.mean([v[k] for v in rows.values()])) for k in next(iter(rows.values()))}
     worst = min(rows, key=lambda lang: rows[lang]["d_xx2eng"])
-    summary = {"model": model, "languages": len(rows), "mean": mean, "worst_xx2eng": [worst, rows[worst]["d_xx2eng"]],
-               "per_language": rows}
-    print(f"{model}: xx->eng {100 * mean['xx2eng']:.2f} (base {100 * mean['base_xx2eng']:.2f}, "
-          f"{100 * mean['d_xx2eng']:+.2f}), eng->xx {100 * mean['eng2xx']:.2f} "
-          f"(base {100 * mean['base_eng2xx']:.2f}, {100 * mean['d_eng2xx']:+.2f}); worst xx->eng "
-          f"{worst} {100 * rows[worst]['d_xx2eng']:+.2f}")
+    summary = {
+        "model": model,
+        "languages": len(rows),
+        "mean": mean,
+        "worst_xx2eng": [worst, rows[worst]["d_xx2eng"]],
+        "per_language": rows,
+    }
+    print(
+        f"{model}: xx->eng {100 * mean['xx2eng']:.2f} (base {100 * mean['base_xx2eng']:.2f}, "
+        f"{100 * mean['d_xx2eng']:+.2f}), eng->xx {100 * mean['eng2xx']:.2f} "
+        f"(base {100 * mean['base_eng2xx']:.2f}, {100 * mean['d_eng2xx']:+.2f}); worst xx->eng "
+        f"{worst} {100 * rows[worst]['d_xx2eng']:+.2f}"
+    )
     if out:
         Path(out).write_text(json.dumps(summary, indent=1) + "\n")
     return summary
@@ -61,7 +74,9 @@ def _perturb(text: str, frac: float, pool: list[str], rng: random.Random, mode: 
     if mode == "drop":
         kept = [w for i, w in enumerate(words) if i not in idx]
         return " ".join(kept) if kept else rng.choice(pool).split()[0]
-    return " ".join(rng.choice(rng.choice(pool).split()) if i in idx else w for i, w in enumerate(words))
+    return " ".join(
+        rng.choice(rng.choice(pool).split()) if i in idx else w for i, w in enumerate(words)
+    )
 
 
 def gmm(model: str, dev: str | None, out: str | None, n_flores: int = 100) -> dict:
@@ -96,12 +111,14 @@ def gmm(model: str, dev: str | None, out: str | None, n_flores: int = 100) -> di
             same = perm == torch.arange(len(b_txt))
             perm[same] = (perm[same] + 1) % len(b_txt)
             p_rand = head.rank_probs_pairs(a, b[perm])
-        r = {"pairs": len(a_txt),
-             "true_top_rank": float((p_true.argmax(1) == N - 1).float().mean()),
-             "random_rank0": float((p_rand.argmax(1) == 0).float().mean()),
-             "true_rank_hist": torch.bincount(p_true.argmax(1), minlength=N).tolist(),
-             "random_rank_hist": torch.bincount(p_rand.argmax(1), minlength=N).tolist(),
-             "partial": {}}
+        r = {
+            "pairs": len(a_txt),
+            "true_top_rank": float((p_true.argmax(1) == N - 1).float().mean()),
+            "random_rank0": float((p_rand.argmax(1) == 0).float().mean()),
+            "true_rank_hist": torch.bincount(p_true.argmax(1), minlength=N).tolist(),
+            "random_rank_hist": torch.bincount(p_rand.argmax(1), minlength=N).tolist(),
+            "partial": {},
+        }
         for mode in ("replace", "drop"):
             curve = []
             for f in FRACTIONS:
@@ -109,28 +126,42 @@ def gmm(model: str, dev: str | None, out: str | None, n_flores: int = 100) -> di
                 pb = torch.from_numpy(enc.encode(pert))
                 with torch.no_grad():
                     pp = head.rank_probs_pairs(a, pb)
-                curve.append({"fraction": f, "mean_expected_rank": float(GMMHead.expected_rank(pp).mean()),
-                              "mean_argmax_rank": float(pp.argmax(1).float().mean()),
-                              "mean_cosine": float(torch.nn.functional.cosine_similarity(a, pb).mean())})
+                curve.append(
+                    {
+                        "fraction": f,
+                        "mean_expected_rank": float(GMMHead.expected_rank(pp).mean()),
+                        "mean_argmax_rank": float(pp.argmax(1).float().mean()),
+                        "mean_cosine": float(torch.nn.functional.cosine_similarity(a, pb).mean()),
+                    }
+                )
             er = [c["mean_expected_rank"] for c in curve]
-            r["partial"][mode] = {"curve": curve, "monotonic": all(x > y for x, y in zip(er, er[1:]))}
+            r["partial"][mode] = {
+                "curve": curve,
+                "monotonic": all(x > y for x, y in zip(er, er[1:], strict=False)),
+            }
         report["sets"][name] = r
-        print(f"{name}: top rank for true pairs {100 * r['true_top_rank']:.1f}%, rank 0 for random pairs "
-              f"{100 * r['random_rank0']:.1f}%, expected rank replace "
-              + " ".join(f"{c['mean_expected_rank']:.2f}" for c in r["partial"]["replace"]["curve"])
-              + f" (monotonic: {r['partial']['replace']['monotonic']}), drop "
-              + " ".join(f"{c['mean_expected_rank']:.2f}" for c in r["partial"]["drop"]["curve"])
-              + f" (monotonic: {r['partial']['drop']['monotonic']})")
+        print(
+            f"{name}: top rank for true pairs {100 * r['true_top_rank']:.1f}%, rank 0 for random pairs "
+            f"{100 * r['random_rank0']:.1f}%, expected rank replace "
+            + " ".join(f"{c['mean_expected_rank']:.2f}" for c in r["partial"]["replace"]["curve"])
+            + f" (monotonic: {r['partial']['replace']['monotonic']}), drop "
+            + " ".join(f"{c['mean_expected_rank']:.2f}" for c in r["partial"]["drop"]["curve"])
+            + f" (monotonic: {r['partial']['drop']['monotonic']})"
+        )
     if out:
         Path(out).write_text(json.dumps(report, indent=1) + "\n")
     return report
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("what", choices=["tatoeba", "gmm"])
     ap.add_argument("model")
-    ap.add_argument("--dev", default=None, help="held-out pairs TSV (xx, eng[, lang]), e.g. RUN/dev.tsv")
+    ap.add_argument(
+        "--dev", default=None, help="held-out pairs TSV (xx, eng[, lang]), e.g. RUN/dev.tsv"
+    )
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     sys.path.insert(0, str(REPO))
