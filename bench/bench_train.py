@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO))
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import cpu_name as _cpu  # noqa: E402
-from common import git_commit as _commit
+from common import git_commit as _commit  # noqa: E402
 
 
 def bench(

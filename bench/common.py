@@ -13,6 +13,13 @@ SHARED = REPO.parent / "shared" / "data"
 
 
 def cpu_name() -> str:
+    """The CPU model name, with the SIMD features emmax detects (``device.cpu_summary``)."""
+    try:
+        from emmax_cli.device import cpu_summary
+
+        return cpu_summary()
+    except ImportError:
+        pass
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -23,34 +30,45 @@ def cpu_name() -> str:
 
 
 def git_commit() -> str:
+    """The short commit of the checkout, with ``+dirty`` for uncommitted changes."""
     import subprocess
 
     try:
-        return subprocess.run(
+        commit = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"],
             capture_output=True,
             text=True,
             check=True,
             cwd=REPO,
         ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+        ).stdout.strip()
+        return commit + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "uncommitted"
 
 
 def machine() -> str:
+    """One line for table headers: CPU, threads, torch, GPU, Python and git commit."""
     cpu = cpu_name()
     import torch
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return (
-        f"{cpu}, {os.cpu_count()} CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-        f"{gpu}, Python {platform.python_version()}"
+        f"{cpu}, {os.cpu_count()} CPUs, "
+        f"torch {torch.__version__} ({torch.get_num_threads()} threads), "
+        f"{gpu}, Python {platform.python_version()}, git {git_commit()}"
     )
 
 
 def print_table(
     title: str, columns: list[str], rows: list[list], notes: str = "", json_path: str | None = None
 ) -> None:
+    """Print a Markdown table under a title and the machine line; optionally save it as JSON."""
     widths = [max(len(str(c)), *(len(str(r[i])) for r in rows)) for i, c in enumerate(columns)]
     print(f"## {title}\n{machine()}\n")
     print("| " + " | ".join(str(c).ljust(w) for c, w in zip(columns, widths, strict=False)) + " |")

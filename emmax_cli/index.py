@@ -1,20 +1,13 @@
 """FAISS indexes over embedding Parquet files: choose, build, extend, load (docs/mining.md §2).
 
-An index ``X.faiss`` always comes with two sidecars, all written atomically:
-
-* ``X.faiss.ids.npy``: (ntotal,) int64, the ``id`` column of each indexed row, in index
-  order (row r of the index). Rows of source s occupy the range given by the row counts
-  in the metadata (see :meth:`LoadedIndex.source_of`).
-* ``X.faiss.json``: factory string, dim, metric, normalisation, model, ntotal, training
-  sample size, nprobe and the source files with their row counts. Written last, so an
-  index whose JSON is missing or disagrees with it is treated as unfinished.
+An index ``X.faiss`` always comes with two sidecars, ``X.faiss.ids.npy`` and ``X.faiss.json``,
+all written atomically, with checksums verified at load (see :mod:`emmax_cli.index_meta`).
 
 Vectors are L2-normalised and searched by inner product (= cosine).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -26,20 +19,40 @@ import numpy as np
 
 from .device import faiss_gpu_device
 from .errors import IndexError_, InputError
-from .io.atomic import atomic_output, check_output
+from .index_meta import (
+    FORMAT_VERSION,
+    REBUILD_HINT,
+    check_norms,
+    check_sources,
+    model_key,
+    model_meta,
+    read_ids,
+    read_meta,
+    sidecar_paths,
+    write_index_files,
+)
+from .io.atomic import check_output
 from .io.parquet import EmbeddingFile, iter_embeddings, open_embeddings
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int], None]
 
-FORMAT_VERSION = 1
+__all__ = [
+    "FORMAT_VERSION",
+    "LoadedIndex",
+    "add_to_index",
+    "build_index",
+    "choose_factory",
+    "load_index",
+    "sidecar_paths",
+]
+
 FLAT_MAX_ROWS = 100_000  # emmax policy: exact search up to here
 MAX_TRAIN_ROWS = 40_000_000  # stopes' sample_sz
 DEFAULT_NPROBE = 128  # stopes' search setting
 #: Rows read, normalised and added per step: chunk_rows * dim * 4 bytes (96 MiB at dim 384).
 DEFAULT_CHUNK_ROWS = 65_536
-REBUILD_HINT = "rebuild it with `emmax index`"
 
 # stopes determine_faiss_index_type: (more than this many rows, IVF lists)
 _STOPES_TIERS = (
@@ -85,37 +98,23 @@ class LoadedIndex:
 
     @property
     def dim(self) -> int:
+        """Vector width."""
         return int(self.meta["dim"])
 
     @property
     def ntotal(self) -> int:
+        """Number of indexed vectors."""
         return int(self.index.ntotal)
 
     @property
     def factory(self) -> str:
+        """The FAISS factory string it was built with."""
         return str(self.meta["factory"])
 
     def source_of(self, rows: np.ndarray) -> np.ndarray:
         """Source-file number (into ``meta["sources"]``) of each index row, int64."""
         ends = np.cumsum([s["rows"] for s in self.meta["sources"]])
         return np.searchsorted(ends, np.asarray(rows), side="right").astype(np.int64)
-
-
-def sidecar_paths(path: str | os.PathLike) -> tuple[Path, Path]:
-    """``(X.faiss.json, X.faiss.ids.npy)`` for index ``X.faiss``."""
-    p = Path(path)
-    return p.with_name(p.name + ".json"), p.with_name(p.name + ".ids.npy")
-
-
-_MODEL_KEYS = ("model_checksum", "model_id", "model")  # most to least specific
-
-
-def _model_key(meta: dict[str, Any]) -> tuple[str, Any]:
-    """``(key, value)`` identifying the embedding model: checksum, else id, else name."""
-    for key in _MODEL_KEYS:
-        if meta.get(key) is not None:
-            return key, meta[key]
-    return "model", None
 
 
 def _scan_sources(
@@ -128,8 +127,8 @@ def _scan_sources(
     if not sources:
         raise InputError("no embedding files given", hint="pass one or more .parquet files")
     files = [open_embeddings(s) for s in sources]
-    dim, model_meta, ref = expect or (files[0].dim, files[0].meta, str(files[0].path))
-    key, model = _model_key(model_meta)
+    dim, ref_meta, ref = expect or (files[0].dim, files[0].meta, str(files[0].path))
+    key, model = model_key(ref_meta)
     for f in files:
         if f.dim != dim:
             raise InputError(
@@ -145,10 +144,6 @@ def _scan_sources(
     return files
 
 
-def _model_meta(meta: dict[str, Any]) -> dict[str, Any]:
-    return {key: v for key, v in meta.items() if key.startswith("model")}
-
-
 def _new_index(factory: str, dim: int) -> Any:
     import faiss
 
@@ -158,7 +153,7 @@ def _new_index(factory: str, dim: int) -> Any:
         raise InputError(
             f"invalid FAISS factory string {factory!r} for dimension {dim} ({_faiss_message(e)})",
             hint="try 'auto', 'Flat' or e.g. 'IVF1024,PQ64' (PQ m must divide dim)",
-        )
+        ) from None
 
 
 def _faiss_message(e: Exception) -> str:
@@ -254,19 +249,6 @@ def _populate(
     return np.concatenate(ids) if ids else np.zeros(0, np.int64)
 
 
-def _write(out: Path, index: Any, ids: np.ndarray, meta: dict[str, Any]) -> None:
-    """Write ids, index, then metadata (last: it marks the set complete), each atomically."""
-    import faiss
-
-    meta_path, ids_path = sidecar_paths(out)
-    with atomic_output(ids_path) as tmp, open(tmp, "wb") as fh:
-        np.save(fh, ids)
-    with atomic_output(out) as tmp:
-        faiss.write_index(index, str(tmp))
-    with atomic_output(meta_path) as tmp:
-        tmp.write_text(json.dumps(meta, indent=2) + "\n")
-
-
 def build_index(
     sources: Sequence[str | os.PathLike],
     out_path: str | os.PathLike,
@@ -334,10 +316,10 @@ def build_index(
         "train_sample": n_train,
         "seed": seed,
         "nprobe": nprobe if _nlist(index) else None,
-        "model": _model_meta(files[0].meta),
+        "model": model_meta(files[0].meta),
         "sources": [{"path": str(f.path.resolve()), "rows": f.num_rows} for f in files],
     }
-    _write(out, index, ids, meta)
+    write_index_files(out, index, ids, meta)
     return meta
 
 
@@ -357,7 +339,7 @@ def add_to_index(
     Raises:
         IndexError_: unreadable index or sidecars. InputError: mismatched sources.
     """
-    loaded = load_index(index_path)
+    loaded = load_index(index_path, check_source_files=False)
     meta = dict(loaded.meta)
     if meta.get("metric") != "inner_product":
         raise IndexError_(
@@ -378,20 +360,25 @@ def add_to_index(
     meta["sources"] = meta["sources"] + [
         {"path": str(f.path.resolve()), "rows": f.num_rows} for f in files
     ]
-    _write(loaded.path, index, np.concatenate([loaded.ids, new_ids]), meta)
+    write_index_files(loaded.path, index, np.concatenate([loaded.ids, new_ids]), meta)
     return meta
 
 
-def load_index(path: str | os.PathLike, nprobe: int | None = None) -> LoadedIndex:
-    """Load an index and its sidecars, checking that they agree.
+def load_index(
+    path: str | os.PathLike, nprobe: int | None = None, *, check_source_files: bool = True
+) -> LoadedIndex:
+    """Load an index and its sidecars, checking that they are intact and agree.
 
     Args:
         path: the ``X.faiss`` file.
         nprobe: IVF lists to visit; default the value stored at build time.
+        check_source_files: also check that the embedding files it was built from are where
+            the metadata says, with the same row counts (mining reads them).
 
     Raises:
-        InputError: no such file. IndexError_: unreadable, truncated or inconsistent index
-            or sidecars (one line, with a hint to rebuild).
+        InputError: no such file; a missing or changed source file. IndexError_: unreadable,
+            truncated, corrupt (checksum mismatch, vectors not of unit norm) or inconsistent
+            index or sidecars (one line, with a hint to rebuild).
     """
     import faiss
 
@@ -400,34 +387,26 @@ def load_index(path: str | os.PathLike, nprobe: int | None = None) -> LoadedInde
         raise InputError(
             f"{p}: no such index file", hint="check the path, or build it with `emmax index`"
         )
-    meta_path, ids_path = sidecar_paths(p)
-    for side in (meta_path, ids_path):
-        if not side.exists():
-            raise IndexError_(f"{p}: sidecar {side.name} is missing", hint=REBUILD_HINT)
-    try:
-        meta = json.loads(meta_path.read_text())
-        meta["dim"], meta["ntotal"], meta["factory"], meta["sources"]  # noqa: B018
-    except (ValueError, KeyError, TypeError) as e:
-        raise IndexError_(
-            f"{meta_path}: unreadable index metadata ({type(e).__name__}: {e})", hint=REBUILD_HINT
-        ) from None
+    if p.is_dir():
+        raise InputError(f"{p}: is a folder, not an index file", hint="pass the X.faiss file")
+    meta = read_meta(p)  # verifies the checksums before faiss parses anything
     try:
         index = faiss.read_index(str(p))
     except (RuntimeError, MemoryError) as e:
         raise IndexError_(
             f"{p}: cannot read the FAISS index ({_faiss_message(e)})", hint=REBUILD_HINT
         ) from None
-    try:
-        ids = np.load(ids_path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
-        raise IndexError_(f"{ids_path}: unreadable row ids ({e})", hint=REBUILD_HINT) from None
-    if not (index.ntotal == meta["ntotal"] == len(ids)) or index.d != meta["dim"]:
+    if index.ntotal != meta["ntotal"] or index.d != meta["dim"]:
         raise IndexError_(
-            f"{p}: index ({index.ntotal} x {index.d}), ids ({len(ids)}) and metadata "
+            f"{p}: index ({index.ntotal} x {index.d}) and metadata "
             f"({meta['ntotal']} x {meta['dim']}) disagree",
             hint=REBUILD_HINT,
         )
+    ids = read_ids(sidecar_paths(p)[1], int(index.ntotal))
+    check_norms(p, index)
+    if check_source_files:
+        check_sources(p, meta)
     probe = nprobe if nprobe is not None else meta.get("nprobe")
     if probe and _nlist(index):
         faiss.extract_index_ivf(index).nprobe = int(probe)
-    return LoadedIndex(index=index, meta=meta, ids=ids.astype(np.int64, copy=False), path=p)
+    return LoadedIndex(index=index, meta=meta, ids=ids, path=p)

@@ -3,11 +3,13 @@
 Pure array code: no text I/O. The arithmetic matches LASER's ``source/mine_bitexts.py``
 (see docs/mining.md §1), with the per-candidate Python loops replaced by numpy:
 
-* :func:`knn` exact inner-product k-NN, blocked over queries and database (LASER ``knnGPU``);
 * :func:`margin_scores` the ratio / distance / absolute margin of every k-NN candidate;
 * :func:`mine` k-NN both ways, margins, then a retrieval mode -> :class:`MinedPairs`;
-* :func:`unify` / :func:`dedup_embeddings` exact-duplicate sentences collapsed before mining;
-* :func:`threshold_counts`, :func:`calibrate_threshold` (BUCC best-F1 midpoint rule).
+* :func:`greedy_one_to_one` LASER's ``max`` pass, as array operations.
+
+Re-exported from their own modules: :func:`knn` (:mod:`emmax_cli.knn`, blocked exact k-NN
+as LASER's ``knnGPU``), :func:`unify` / :func:`dedup_embeddings` (:mod:`emmax_cli.dedup`)
+and :func:`threshold_counts` / :func:`calibrate_threshold` (:mod:`emmax_cli.thresholds`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,27 @@ from typing import Any
 
 import numpy as np
 
+from .dedup import dedup_embeddings, unify
 from .errors import EmmaxError, InputError
+from .knn import DEFAULT_BLOCK_SIZE, _as_2d, knn
+from .thresholds import calibrate_threshold, threshold_counts
+
+__all__ = [
+    "DEFAULT_BLOCK_SIZE",
+    "MARGINS",
+    "RETRIEVALS",
+    "MinedPairs",
+    "calibrate_threshold",
+    "dedup_embeddings",
+    "greedy_one_to_one",
+    "knn",
+    "margin_scores",
+    "mine",
+    "mine_from_neighbours",
+    "neighbour_mean",
+    "threshold_counts",
+    "unify",
+]
 
 log = logging.getLogger(__name__)
 
@@ -37,31 +59,11 @@ RETRIEVALS = {
     "union": "union",
 }
 
-#: Rows per query block and per database block in :func:`knn`. Memory per query block is
-#: ``block_size * k * 12`` bytes of results plus faiss' fixed 4096x1024 float32 tile (16 MiB).
-#: Blocks are sliced from the inputs (memory-mapped arrays are read block by block) and
-#: copied, ``block_size * dim * 4`` bytes (192 MiB at dim 384), only when they are not
-#: C-contiguous float32 (e.g. float16 embeddings) or go to a GPU.
-DEFAULT_BLOCK_SIZE = 131_072
-
 
 def _choice(what: str, value: str, choices: Sequence[str]) -> str:
     if value not in choices:
         raise EmmaxError(f"unknown {what} {value!r}", hint="choose one of " + ", ".join(choices))
     return value
-
-
-def _as_2d(x: Any, name: str) -> np.ndarray:
-    """The array as is (float16 or memory-mapped stays so; blocks are converted later)."""
-    x = x if isinstance(x, np.ndarray) else np.asarray(x, dtype=np.float32)
-    if x.ndim != 2:
-        raise InputError(f"{name} must be a 2-D array (n, dim), got shape {x.shape}")
-    return x
-
-
-def _block(x: np.ndarray, start: int, size: int) -> np.ndarray:
-    """Rows [start, start + size) as C-contiguous float32 (a view when already so)."""
-    return np.ascontiguousarray(x[start : start + size], dtype=np.float32)
 
 
 def _check_unit_norm(x: np.ndarray, name: str) -> None:
@@ -75,131 +77,6 @@ def _check_unit_norm(x: np.ndarray, name: str) -> None:
             f"{name} embeddings are not L2-normalised (a row has norm {norms[bad][0]:.4g})",
             hint="normalise them first, e.g. faiss.normalize_L2(emb)",
         )
-
-
-def _is_index(database: Any) -> bool:
-    return hasattr(database, "search") and hasattr(database, "ntotal")
-
-
-def knn(
-    queries: np.ndarray,
-    database: Any,
-    k: int,
-    block_size: int = DEFAULT_BLOCK_SIZE,
-    progress: Progress | None = None,
-    *,
-    nprobe: int | None = None,
-    device: str = "auto",
-) -> tuple[np.ndarray, np.ndarray]:
-    """Exact k nearest neighbours by inner product, in bounded memory.
-
-    Queries are processed in blocks of ``block_size`` rows; for each, the database is
-    searched block by block and the per-block top-k lists are merged into one global top-k
-    (faiss ``ResultHeap``, as LASER's ``knnGPU`` does with a sort), so results are exact.
-
-    Args:
-        queries: (nq, dim) float32 (or float16), L2-normalised.
-        database: (nb, dim) float32 (or float16), L2-normalised; or a loaded faiss index,
-            or an object holding one in ``.index`` (:class:`emmax_cli.index.LoadedIndex`),
-            searched directly (approximate for IVF/PQ indexes).
-        k: neighbours per query; clipped to the database size.
-        block_size: rows per query block and per database block (see ``DEFAULT_BLOCK_SIZE``).
-        progress: called with the number of queries done after each query block.
-        nprobe: for an IVF index, the number of lists to visit (left unchanged if None).
-        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (GPU needs a faiss GPU build).
-
-    Returns:
-        ``(sims, idx)``: (nq, k) float32 similarities, highest first, and (nq, k) int64
-        database rows (-1 where an approximate index found fewer than k neighbours).
-    """
-    import faiss
-
-    xq = _as_2d(queries, "queries")
-    if block_size < 1:
-        raise InputError(f"block size must be positive, got {block_size}")
-    index = getattr(database, "index", database)
-    if _is_index(index):
-        return _search_index(index, xq, k, block_size, progress, nprobe)
-    xb = _as_2d(database, "database")
-    if xq.shape[1] != xb.shape[1]:
-        raise InputError(
-            f"queries have dimension {xq.shape[1]}, database has {xb.shape[1]}",
-            hint="embed both sides with the same model",
-        )
-    if len(xb) == 0:
-        raise InputError("cannot search an empty database")
-    k = min(int(k), len(xb))
-    if k < 1:
-        raise InputError(f"k must be at least 1, got {k}")
-    search = _flat_search_fn(device)
-    sims = np.empty((len(xq), k), np.float32)
-    idx = np.empty((len(xq), k), np.int64)
-    one_block = _block(xb, 0, len(xb)) if len(xb) <= block_size else None
-    for q0 in range(0, len(xq), block_size):
-        q = _block(xq, q0, block_size)
-        if one_block is not None:
-            D, I = search(q, one_block, k)
-        else:
-            heap = faiss.ResultHeap(len(q), k, keep_max=True)
-            for b0 in range(0, len(xb), block_size):
-                b = _block(xb, b0, block_size)
-                D, I = search(q, b, min(k, len(b)))
-                heap.add_result(D, I + b0)
-            heap.finalize()
-            D, I = heap.D, heap.I
-        sims[q0 : q0 + len(q)] = D
-        idx[q0 : q0 + len(q)] = I
-        if progress is not None:
-            progress(len(q))
-    return sims, idx
-
-
-def _flat_search_fn(device: str) -> Callable[[np.ndarray, np.ndarray, int], tuple]:
-    """``search(q, b, k) -> (D, I)`` exact inner-product top-k on CPU or one GPU."""
-    import faiss
-
-    from .device import faiss_gpu_device
-
-    gpu = faiss_gpu_device(device)
-    if gpu is None:
-        return lambda q, b, k: faiss.knn(q, b, k, metric=faiss.METRIC_INNER_PRODUCT)
-    res = faiss.StandardGpuResources()
-    return lambda q, b, k: faiss.knn_gpu(
-        res, q, b, k, metric=faiss.METRIC_INNER_PRODUCT, device=gpu
-    )
-
-
-def _search_index(
-    index: Any,
-    xq: np.ndarray,
-    k: int,
-    block_size: int,
-    progress: Progress | None,
-    nprobe: int | None,
-) -> tuple[np.ndarray, np.ndarray]:
-    import faiss
-
-    if xq.shape[1] != index.d:
-        raise InputError(
-            f"queries have dimension {xq.shape[1]}, the index has {index.d}",
-            hint="embed the queries with the index's model",
-        )
-    if index.ntotal == 0:
-        raise InputError("cannot search an empty index")
-    if nprobe is not None:
-        try:
-            faiss.extract_index_ivf(index).nprobe = int(nprobe)
-        except RuntimeError:  # not an IVF index: nothing to set
-            pass
-    k = min(int(k), int(index.ntotal))
-    sims = np.empty((len(xq), k), np.float32)
-    idx = np.empty((len(xq), k), np.int64)
-    for q0 in range(0, len(xq), block_size):
-        q = _block(xq, q0, block_size)
-        sims[q0 : q0 + len(q)], idx[q0 : q0 + len(q)] = index.search(q, k)
-        if progress is not None:
-            progress(len(q))
-    return sims, idx
 
 
 def neighbour_mean(sims: np.ndarray, idx: np.ndarray | None = None) -> np.ndarray:
@@ -284,7 +161,8 @@ def mine(
         src_emb: (n_src, dim) float32 (or float16), L2-normalised source embeddings;
             a memory-mapped array is read block by block.
         tgt_emb: (n_tgt, dim) likewise, target embeddings.
-        k: neighbourhood size of the margin (LASER and BUCC: 4).
+        k: neighbourhood size of the margin (LASER and BUCC: 4); clipped, with a
+            warning, to the size of a smaller side.
         margin: ``ratio`` (default), ``distance`` or ``absolute``.
         retrieval: ``max`` (LASER default, greedy 1:1), ``intersect``, ``fwd``/``forward``,
             ``bwd``/``backward`` or ``union`` (stopes: fwd and bwd pooled, no 1:1).
@@ -326,9 +204,19 @@ def mine(
     # The absolute margin needs no neighbour means, so one direction suffices there.
     need_fwd = mode != "bwd" or margin != "absolute"
     need_bwd = mode != "fwd" or margin != "absolute"
+    if k > min(len(x), len(y)):  # LASER clips silently; say so, once
+        log.warning(
+            "k=%d is more than the source (%d rows) or target (%d rows) holds; "
+            "each direction uses at most as many neighbours as the other side has",
+            k,
+            len(x),
+            len(y),
+        )
     opts = dict(block_size=block_size, progress=progress, nprobe=nprobe, device=device)
-    x2y = knn(x, y if tgt_index is None else tgt_index, k, **opts) if need_fwd else None
-    y2x = knn(y, x if src_index is None else src_index, k, **opts) if need_bwd else None
+    x2y = y if tgt_index is None else tgt_index
+    y2x = x if src_index is None else src_index
+    x2y = knn(x, x2y, min(k, len(y)), **opts) if need_fwd else None
+    y2x = knn(y, y2x, min(k, len(x)), **opts) if need_bwd else None
     pairs = mine_from_neighbours(
         x2y,
         y2x,
@@ -478,121 +366,3 @@ def greedy_one_to_one(src: np.ndarray, tgt: np.ndarray, n_src: int, n_tgt: int) 
         if not (src_used[src[i]] or tgt_used[tgt[i]]):
             accepted[i] = src_used[src[i]] = tgt_used[tgt[i]] = True
     return accepted
-
-
-def unify(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Collapse exact-duplicate sentences (LASER ``--unify``), first occurrence kept.
-
-    Args:
-        texts: n sentences.
-
-    Returns:
-        ``(keep, inverse)``: keep (u,) int64 ascending rows of the first occurrence of each
-        distinct sentence; inverse (n,) int64 with ``texts[i] == texts[keep[inverse[i]]]``.
-    """
-    n = len(texts)
-    if n == 0:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    codes = _text_codes(texts)
-    _, first, inv = np.unique(codes, return_index=True, return_inverse=True)
-    order = np.argsort(first, kind="stable")  # distinct sentences in first-occurrence order
-    rank = np.empty(len(order), np.int64)
-    rank[order] = np.arange(len(order))
-    return first[order].astype(np.int64), rank[inv.reshape(-1)]
-
-
-def _text_codes(texts: Sequence[str]) -> np.ndarray:
-    """An integer per text, equal iff the texts are equal (hashing via Arrow when possible)."""
-    import pyarrow as pa
-
-    try:
-        arr = pa.array(texts, type=pa.string())
-    except (pa.ArrowException, UnicodeEncodeError):  # e.g. lone surrogates: sort instead
-        return np.unique(np.asarray(texts, dtype=object), return_inverse=True)[1].reshape(-1)
-    if arr.null_count:
-        raise InputError("cannot unify: some texts are missing (None)")
-    return arr.dictionary_encode().indices.to_numpy(zero_copy_only=False).astype(np.int64)
-
-
-def dedup_embeddings(
-    texts: Sequence[str], emb: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Keep the embedding of the first occurrence of each distinct sentence.
-
-    Args:
-        texts: n sentences.
-        emb: (n, dim) embeddings, row i for texts[i].
-
-    Returns:
-        ``(unique_emb, keep, inverse)``: unique_emb (u, dim) = ``emb[keep]``; keep and
-        inverse as in :func:`unify`. Mined row r of unique_emb is original row ``keep[r]``.
-    """
-    if len(texts) != len(emb):
-        raise InputError(f"{len(texts)} texts but {len(emb)} embeddings")
-    keep, inverse = unify(texts)
-    return emb[keep], keep, inverse
-
-
-def threshold_counts(
-    scores: np.ndarray, thresholds: Sequence[float] = (1.02, 1.04, 1.06, 1.08)
-) -> dict[float, int]:
-    """Number of pairs with ``score >= t`` for each threshold (stopes' summary).
-
-    Compared in the scores' precision, like the threshold in :func:`mine`: a float32 score
-    of 1.06 counts at threshold 1.06."""
-    s = np.sort(np.asarray(scores))
-    if not np.issubdtype(s.dtype, np.floating):
-        s = s.astype(np.float64)
-    left = np.searchsorted(s, np.asarray(thresholds, s.dtype), side="left")
-    return {float(t): int(len(s) - i) for t, i in zip(thresholds, left, strict=False)}
-
-
-def calibrate_threshold(
-    scores: np.ndarray, is_correct: np.ndarray, n_gold: int | None = None
-) -> tuple[float, float, float, float]:
-    """Best-F1 threshold, BUCC style (LASER ``BuccOptimize``; docs/mining.md §3 step 3).
-
-    Candidates are walked down by decreasing score. Candidates with equal scores form one
-    group (no threshold separates them), so P/R/F1 are evaluated after each whole group.
-    At the first best F1 the threshold is the midpoint between that group's score and the
-    next lower score; if the best is the last group, its own score (sentence-transformers'
-    clamped index). Keeping ``score >= threshold`` then reproduces the best P/R/F1.
-
-    Args:
-        scores: (m,) candidate scores.
-        is_correct: (m,) bool, the candidate is a gold pair.
-        n_gold: number of gold pairs (recall denominator); default: number of correct
-            candidates.
-
-    Returns:
-        ``(threshold, precision, recall, f1)`` as floats.
-
-    Raises:
-        InputError: no candidate, no correct candidate, or ``n_gold`` below the correct count.
-    """
-    s = np.asarray(scores, np.float64).reshape(-1)
-    correct = np.asarray(is_correct, bool).reshape(-1)
-    if len(s) != len(correct):
-        raise InputError(f"{len(s)} scores but {len(correct)} correctness flags")
-    n_correct = int(correct.sum())
-    if n_correct == 0:
-        raise InputError(
-            "cannot calibrate a threshold: no candidate is a gold pair",
-            hint="check that the gold file matches the mined sentences",
-        )
-    n_gold = n_correct if n_gold is None else int(n_gold)
-    if n_gold < n_correct:
-        raise InputError(f"n_gold={n_gold} is below the {n_correct} correct candidates")
-    order = np.argsort(-s, kind="stable")
-    s, correct = s[order], correct[order]
-    ends = np.flatnonzero(np.append(s[1:] != s[:-1], True))  # last row of each tie group
-    tp = np.cumsum(correct)[ends]
-    precision = tp / (ends + 1)
-    recall = tp / n_gold
-    with np.errstate(invalid="ignore", divide="ignore"):
-        f1 = np.where(tp > 0, 2 * precision * recall / (precision + recall), 0.0)
-    g = int(np.argmax(f1))  # first best, as LASER's strict `f1 > best_f1`
-    i = ends[g]
-    # float32 scores are exact in float64, so the midpoint is exact and strictly between.
-    thr = (s[i] + s[min(i + 1, len(s) - 1)]) / 2
-    return float(thr), float(precision[g]), float(recall[g]), float(f1[g])

@@ -3,14 +3,19 @@ N-1 = translation), the probability of every rank, and the cosine.
 
 Pairs stream in chunks, from two line-aligned files read in lockstep or from one
 ``src<TAB>tgt`` file; every chunk is embedded, scored and handed on, so memory is bounded by
-the chunk size. The GMM warm-up on parallel data (``fit_gmm_interpolation``) lives in
-``models.gmm``; ``fit_head_on_parallel`` is its text-level wrapper."""
+the chunk size. Output formats are in ``io.tables``. The GMM warm-up on parallel data
+(``fit_gmm_interpolation``) lives in ``models.gmm``; ``fit_head_on_parallel`` is its
+text-level wrapper."""
 
 from __future__ import annotations
 
-import json
 import os
+import shutil
+import stat
+import sys
+import tempfile
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from itertools import zip_longest
 from pathlib import Path
@@ -18,14 +23,19 @@ from typing import IO
 
 import numpy as np
 
-from .console import Progress, null_progress
+from .console import Progress, ProgressFactory, no_progress, null_progress
 from .errors import InputError, ModelLoadError
+from .io.atomic import atomic_output, check_output
+from .io.tables import RankParquetWriter, format_jsonl, format_tsv, tsv_header, write_text
 from .io.text import ReadStats, count_lines, display_name, read_chunks
 from .models.encoder import DEFAULT_BATCH_TOKENS, Encoder
 from .models.gmm import WEIGHTS_FILE, GMMHead, fit_gmm_interpolation
 
 __all__ = [
     "RankedChunk",
+    "RankSummary",
+    "rank",
+    "check_pairs",
     "load_head_for",
     "load_ranker",
     "read_pair_chunks",
@@ -42,6 +52,7 @@ __all__ = [
 ]
 
 DEFAULT_CHUNK_LINES = 16_384
+FORMATS = ("tsv", "jsonl", "parquet")
 NO_HEAD_HINT = "train one with `emmax train` or pass --model with a trained emmax model"
 
 
@@ -111,15 +122,18 @@ def read_pair_chunks(
             named), or a TSV line without exactly two columns (line number named).
     """
     for p in (src, tgt):
-        if p is not None and str(p) != "-" and not Path(p).is_file():
+        if p is not None and str(p) != "-" and not os.path.exists(p):
             raise InputError(f"{p}: no such file", hint="check the path")
+        if p is not None and os.path.isdir(p):
+            raise InputError(f"{p}: is a directory", hint="pass a text file")
     if tgt is None:
         return _read_tsv_chunks(src, chunk_lines, encoding)
     if str(src) == "-" and str(tgt) == "-":
         raise InputError("only one of the two inputs can be stdin (-)")
-    na, nb = count_lines(src), count_lines(tgt)  # cheap check first, for plain files
-    if na is not None and nb is not None and na != nb:
-        raise _length_error(src, na, tgt, nb)
+    if _is_regular(src) and _is_regular(tgt):  # a cheap check first; pipes are read once
+        na, nb = count_lines(src), count_lines(tgt)
+        if na is not None and nb is not None and na != nb:
+            raise _length_error(src, na, tgt, nb)
     return _read_aligned_chunks(src, tgt, chunk_lines, encoding)
 
 
@@ -204,23 +218,209 @@ def rank_pairs(
         progress(len(ids))
 
 
+@dataclass
+class RankSummary:
+    """What ``rank_files`` wrote: the number of pairs, the model and its number of ranks, and
+    the output file (None for a stream)."""
+
+    pairs: int
+    model: str
+    num_ranks: int
+    output: Path | None = None
+
+
+def check_pairs(
+    src: str | os.PathLike,
+    tgt: str | os.PathLike | None = None,
+    chunk_lines: int = DEFAULT_CHUNK_LINES,
+    encoding: str = "utf-8",
+) -> int:
+    """Read the pairs once, without embedding, and return their number: every line decodes,
+    every ``PAIRS.tsv`` line has two columns, two files have the same number of lines. The
+    cheap pre-pass of ``rank_files``, so a bad line fails before the model loads and before
+    any output.
+
+    Raises:
+        InputError: as :func:`read_pair_chunks`.
+    """
+    return sum(len(ids) for ids, _, _ in read_pair_chunks(src, tgt, chunk_lines, encoding))
+
+
+def _is_regular(path: str | os.PathLike) -> bool:
+    """A regular file (not ``-``, a pipe such as ``<(zcat x.gz)``, or a device)."""
+    try:
+        return str(path) != "-" and stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+@contextmanager
+def _rereadable(paths: Sequence[str | os.PathLike | None]) -> Iterator[list]:
+    """Copy stdin and pipes among ``paths`` to temporary files, so they can be read twice (the
+    pre-pass, then the run). Errors name the original input; the copies are removed on any
+    exit, Ctrl-C included."""
+    tmps: dict[str, str] = {}  # temporary path -> display name of the original
+    out = []
+    try:
+        for p in paths:
+            if p is None or _is_regular(p) or str(p) != "-" and not os.path.exists(p):
+                out.append(p)  # a missing file is reported by the reader
+                continue
+            if os.path.isdir(p):
+                out.append(p)
+                continue
+            fd, tmp = tempfile.mkstemp(prefix="emmax-input-", suffix=".txt")
+            tmps[tmp] = display_name(p)
+            raw = nullcontext(sys.stdin.buffer) if str(p) == "-" else open(p, "rb")
+            with os.fdopen(fd, "wb") as f, raw as g:  # copied as is: gzip stays gzip
+                shutil.copyfileobj(g, f, 1 << 20)
+            out.append(tmp)
+        yield out
+    except InputError as e:
+        message = e.message
+        for tmp, name in tmps.items():
+            message = message.replace(tmp, name)
+        raise InputError(message, e.hint) from None
+    finally:
+        for tmp in tmps:
+            os.unlink(tmp)
+
+
 def rank_files(
     src: str | os.PathLike,
-    tgt: str | os.PathLike | None,
-    encoder: Encoder,
-    head: GMMHead | None = None,
+    tgt: str | os.PathLike | None = None,
+    output: str | os.PathLike | None = None,
+    *,
+    model: str | os.PathLike | Encoder | None = None,
+    fmt: str = "tsv",
+    header: bool = False,
+    device: str = "auto",
+    precision: str = "auto",
+    batch_tokens: int = DEFAULT_BATCH_TOKENS,
     chunk_lines: int = DEFAULT_CHUNK_LINES,
+    encoding: str = "utf-8",
+    symmetric: bool = True,
+    force: bool = False,
+    progress: ProgressFactory | None = None,
+    stream: IO[str] | None = None,
+) -> RankSummary:
+    """Rank the pairs of two line-aligned files, or of one ``src<TAB>tgt`` file
+    (``tgt=None``), and write one row per pair in input order: the library function behind
+    ``emmax rank``, with its option names.
+
+    The input is read once without embedding first (:func:`check_pairs`): a bad line, a
+    missing tab or unequal line counts fail before the model loads and before any output.
+    Stdin (``-``) and pipes are copied to temporary files for that (removed afterwards).
+
+    Args:
+        src, tgt: two line-aligned text files, or one ``PAIRS.tsv`` and None; ``-``: stdin.
+        output: a file (written atomically), or None / ``-`` for ``stream``.
+        model: a model with a GMM head (built-in name, directory, None for the default, or
+            an Encoder whose directory holds the head).
+        fmt: ``tsv`` (``rank<TAB>p0..p{N-1}<TAB>cosine``), ``jsonl`` or ``parquet`` (a file).
+        header: start TSV output with a header line.
+        device, precision: encoder device and precision (the GMM always runs in fp32).
+        batch_tokens, chunk_lines: memory bounds (encoder batch, pairs per chunk).
+        encoding: input text encoding.
+        symmetric: average both orders of each pair.
+        force: replace an existing output file.
+        progress: a factory ``progress(description, total)`` (see ``console.progress_bar``).
+        stream: the text stream for stdout output (default: ``sys.stdout``).
+
+    Returns:
+        A :class:`RankSummary`.
+
+    Raises:
+        InputError: bad options, a bad or mismatched input, or an output that exists
+            (without ``force``) or whose folder does not exist.
+        ModelLoadError: no such model, or no usable GMM head.
+    """
+    if fmt not in FORMATS:
+        raise InputError(f"unknown format {fmt!r}", hint=f"use {', '.join(FORMATS)}")
+    to_file = output is not None and str(output) != "-"
+    if fmt == "parquet" and not to_file:
+        raise InputError("--format parquet needs an output file", hint="pass -o OUTPUT.parquet")
+    if header and fmt != "tsv":
+        raise InputError("--header applies to --format tsv only")
+    if tgt is not None and str(src) == "-" and str(tgt) == "-":
+        raise InputError("only one of the two inputs can be stdin (-)")
+    if to_file:
+        check_output(output, force=force)
+    progress = progress or no_progress
+    with _rereadable([src, tgt]) as (a, b):
+        total = check_pairs(a, b, chunk_lines, encoding)
+        if isinstance(model, Encoder):
+            encoder, head = model, load_head_for(model)
+        else:
+            encoder, head = load_ranker(model, device=device, precision=precision)
+        chunks = read_pair_chunks(a, b, chunk_lines=chunk_lines, encoding=encoding)
+        with progress("rank", total) as adv:
+            results = rank_pairs(
+                encoder, head, chunks, batch_tokens, symmetric=symmetric, progress=adv
+            )
+            n = _write_ranks(
+                results, output if to_file else None, fmt, header, encoder, head, stream
+            )
+    return RankSummary(n, encoder.config.name, head.num_ranks, Path(output) if to_file else None)
+
+
+def _write_ranks(results, output, fmt, header, encoder, head, stream) -> int:
+    """Write ranked chunks to ``output`` (atomically) or to ``stream``; returns the pairs."""
+    n_head = head.num_ranks if header else None
+    if output is None:
+        return write_text(results, stream or sys.stdout, fmt, header_ranks=n_head)
+    if fmt == "parquet":
+        meta = {
+            "model": encoder.config.name,
+            "model_checksum": encoder.config.checksum,
+            "rank_names": head.rank_names,
+        }
+        n = 0
+        with atomic_output(output) as tmp, RankParquetWriter(tmp, head.num_ranks, meta) as w:
+            for chunk in results:
+                w.write(chunk)
+                n += len(chunk)
+        return n
+    with atomic_output(output) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        return write_text(results, f, fmt, header_ranks=n_head)
+
+
+def rank(
+    src: Sequence[str],
+    tgt: Sequence[str],
+    model: str | os.PathLike | Encoder | None = None,
+    *,
+    head: GMMHead | None = None,
+    device: str = "auto",
+    precision: str = "auto",
     batch_tokens: int = DEFAULT_BATCH_TOKENS,
     symmetric: bool = True,
-    progress: Progress | None = None,
-) -> Iterator[RankedChunk]:
-    """Rank the pairs of two line-aligned files, or of one ``src<TAB>tgt`` file
-    (``tgt=None``), with the encoder's GMM head unless ``head`` is given."""
-    chunks = read_pair_chunks(src, tgt, chunk_lines=chunk_lines)
-    head = head or load_head_for(encoder)
-    return rank_pairs(
-        encoder, head, chunks, batch_tokens=batch_tokens, symmetric=symmetric, progress=progress
-    )
+) -> RankedChunk:
+    """Semantic rank of in-memory sentence pairs ``(src[i], tgt[i])``.
+
+    Args:
+        src, tgt: aligned sentences.
+        model: a model with a GMM head (name, directory, None for the default) or an Encoder.
+        head: a GMM head to use instead of the model's own.
+        device, precision: when ``model`` is loaded here.
+        batch_tokens: padded tokens per encoder batch.
+        symmetric: average both orders of each pair.
+
+    Returns:
+        A :class:`RankedChunk` (``rank``, ``probs`` (n, N) float32, ``cosine``).
+
+    Raises:
+        InputError: lists of different lengths.
+        ModelLoadError: no such model, or no usable GMM head.
+    """
+    if isinstance(model, Encoder):
+        encoder = model
+        head = head or load_head_for(encoder)
+    elif head is not None:
+        encoder = Encoder.load(model, device=device, precision=precision)
+    else:
+        encoder, head = load_ranker(model, device=device, precision=precision)
+    return score_pairs(encoder, head, src, tgt, batch_tokens=batch_tokens, symmetric=symmetric)
 
 
 def fit_head_on_parallel(
@@ -237,94 +437,3 @@ def fit_head_on_parallel(
     q = encoder.encode([p[0] for p in pairs], batch_tokens=batch_tokens)
     t = encoder.encode([p[1] for p in pairs], batch_tokens=batch_tokens)
     return fit_gmm_interpolation(q, t, num_ranks=num_ranks, **fit_kw)
-
-
-# ---- output formats ---------------------------------------------------------------------------
-def tsv_header(num_ranks: int) -> str:
-    return "\t".join(["rank", *(f"p{c}" for c in range(num_ranks)), "cosine"]) + "\n"
-
-
-def format_tsv(chunk: RankedChunk) -> str:
-    """``rank<TAB>p0 ... p{N-1}<TAB>cosine`` lines, probabilities and cosine to 4 decimals."""
-    cols = (
-        [chunk.rank.astype(str)]
-        + [np.char.mod("%.4f", p) for p in chunk.probs.T]
-        + [np.char.mod("%.4f", chunk.cosine)]
-    )
-    return "".join("\t".join(row) + "\n" for row in zip(*cols, strict=False))
-
-
-def format_jsonl(chunk: RankedChunk) -> str:
-    """One JSON object per pair: ``{"rank": r, "probs": [...], "cosine": c}``."""
-    probs = np.round(chunk.probs.astype(np.float64), 6).tolist()
-    cos = np.round(chunk.cosine.astype(np.float64), 6).tolist()
-    return "".join(
-        json.dumps({"rank": r, "probs": p, "cosine": c}) + "\n"
-        for r, p, c in zip(chunk.rank.tolist(), probs, cos, strict=False)
-    )
-
-
-class RankParquetWriter:
-    """Parquet output: ``id`` int64, ``rank`` int8, ``probs`` fixed_size_list<float32>[N],
-    ``cosine`` float32; one row group per chunk; schema metadata names the model and ranks."""
-
-    def __init__(self, path: str | os.PathLike, num_ranks: int, meta: dict | None = None):
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        self.num_ranks = num_ranks
-        self.schema = pa.schema(
-            [
-                pa.field("id", pa.int64(), nullable=False),
-                pa.field("rank", pa.int8(), nullable=False),
-                pa.field("probs", pa.list_(pa.float32(), num_ranks), nullable=False),
-                pa.field("cosine", pa.float32(), nullable=False),
-            ],
-            metadata={
-                b"emmax": json.dumps(
-                    {"num_ranks": num_ranks, **(meta or {})}, sort_keys=True
-                ).encode()
-            },
-        )
-        self._writer = pq.ParquetWriter(str(path), self.schema, compression="zstd")
-
-    def write(self, chunk: RankedChunk) -> None:
-        import pyarrow as pa
-
-        probs = pa.FixedSizeListArray.from_arrays(
-            pa.array(chunk.probs.reshape(-1), pa.float32()), self.num_ranks
-        )
-        self._writer.write_table(
-            pa.Table.from_arrays(
-                [
-                    pa.array(chunk.ids, pa.int64()),
-                    pa.array(chunk.rank.astype(np.int8)),
-                    probs,
-                    pa.array(chunk.cosine, pa.float32()),
-                ],
-                schema=self.schema,
-            )
-        )
-
-    def close(self) -> None:
-        self._writer.close()
-
-    def __enter__(self) -> RankParquetWriter:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-def write_text(
-    chunks: Iterable[RankedChunk], out: IO[str], fmt: str = "tsv", header_ranks: int | None = None
-) -> int:
-    """Write ranked chunks to a text stream as TSV or JSON lines; returns the pairs written.
-    ``header_ranks``: write a TSV header line for that many ranks first."""
-    n = 0
-    if header_ranks and fmt == "tsv":
-        out.write(tsv_header(header_ranks))
-    for chunk in chunks:
-        out.write(format_tsv(chunk) if fmt == "tsv" else format_jsonl(chunk))
-        n += len(chunk)
-    return n

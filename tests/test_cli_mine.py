@@ -114,9 +114,47 @@ def test_mine_output_file_top_and_retrieval_modes(tiny_model, corpus):
         run("mine", d / "src.txt", d / "tgt.txt", "--model", tiny_model, "-o", out),
         "already exists",
     )
-    for mode in ("intersect", "fwd", "bwd", "union"):
-        r = run("mine", d / "src.txt", d / "tgt.txt", "--model", tiny_model, "--retrieval", mode)
+
+
+def test_mine_retrieval_modes_match_the_library(tiny_model, tiny_encoder, corpus):
+    """Every --retrieval mode gives exactly the pairs of the library's mine() on the unified
+    sentences, and the modes relate as they must: intersect = fwd & bwd, union = fwd | bwd."""
+    from emmax_cli.mine import mine, unify
+
+    d, _, _ = corpus
+    src = (d / "src.txt").read_text().splitlines()
+    tgt = (d / "tgt.txt").read_text().splitlines()
+    ks, kt = unify(src)[0], unify(tgt)[0]
+    S = tiny_encoder.encode([src[i] for i in ks])
+    T = tiny_encoder.encode([tgt[i] for i in kt])
+    got = {}
+    for mode in ("max", "intersect", "fwd", "bwd", "union"):
+        r = run(
+            "mine", d / "src.txt", d / "tgt.txt", "--model", tiny_model, "--retrieval", mode,
+            "--no-threshold", "--with-ids", "--device", "cpu", "--precision", "fp32",
+        )  # fmt: skip
         assert r.exit_code == 0, r.stderr
+        rows = parse(r.stdout)
+        got[mode] = {(int(sid), int(tid)): float(sc) for sc, _, _, sid, tid in rows}
+        assert len(got[mode]) == len(rows)  # no pair twice
+        for _, s, t, sid, tid in rows:  # texts and ids agree
+            assert src[int(sid)] == s and tgt[int(tid)] == t
+        ref = mine(S, T, k=4, retrieval=mode)
+        want = {
+            (int(ks[i]), int(kt[j])): float(x)
+            for i, j, x in zip(ref.src_idx, ref.tgt_idx, ref.score, strict=True)
+        }
+        assert got[mode].keys() == want.keys(), mode
+        np.testing.assert_allclose(
+            [got[mode][p] for p in want], list(want.values()), atol=2e-6, err_msg=mode
+        )
+    fwd, bwd = set(got["fwd"]), set(got["bwd"])
+    assert len(fwd) == len(ks) and len({s for s, _ in fwd}) == len(ks)  # one pair per source
+    assert len(bwd) == len(kt) and len({t for _, t in bwd}) == len(kt)  # one pair per target
+    assert set(got["intersect"]) == fwd & bwd
+    assert set(got["union"]) == fwd | bwd
+    mx = set(got["max"])
+    assert len({s for s, _ in mx}) == len({t for _, t in mx}) == len(mx)  # 1-to-1
 
 
 def test_mine_errors(tiny_model, tmp_path, corpus):

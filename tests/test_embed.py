@@ -166,5 +166,59 @@ def test_interrupt_leaves_nothing_and_resume_gives_same_file(tiny_model, tmp_pat
     monkeypatch.setattr(enc, "encode", real)
     res = embed_file(src, out, enc, chunk_lines=16, resume=True)
     assert res.resumed_chunks == 3 and res.rows == ref.rows == 100
-    assert pq.read_table(out).equals(pq.read_table(tmp_path / "ref.parquet"))
+    got, want = pq.read_table(out), pq.read_table(tmp_path / "ref.parquet")
+    assert got.equals(want, check_metadata=True)  # schema metadata too, not only the data
+    assert got.schema.metadata == want.schema.metadata
     assert not (tmp_path / ".out.parquet.partial").exists()
+
+
+def test_error_mid_run_removes_partial_state(tiny_encoder, tmp_path, monkeypatch, caplog):
+    """Only Ctrl-C keeps finished chunks for --resume; any other error leaves nothing."""
+    from emmax_cli.embed import embed_file
+
+    src = write(tmp_path / "big.txt", [f"line {i}" for i in range(100)])
+    enc = tiny_encoder
+    real, calls = enc.encode, {"n": 0}
+
+    def failing(texts, **kw):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("boom")
+        return real(texts, **kw)
+
+    monkeypatch.setattr(enc, "encode", failing)
+    with pytest.raises(RuntimeError):
+        embed_file(src, tmp_path / "out.parquet", enc, chunk_lines=16)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.txt"]
+    calls["n"] = -10
+    interrupt = KeyboardInterrupt  # before any chunk finished: nothing worth keeping
+    monkeypatch.setattr(enc, "encode", lambda texts, **kw: (_ for _ in ()).throw(interrupt))
+    with caplog.at_level("WARNING"), pytest.raises(KeyboardInterrupt):
+        embed_file(src, tmp_path / "out.parquet", enc, chunk_lines=16)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.txt"]
+    assert "interrupted" not in caplog.text
+
+
+def test_embed_files_checks_everything_before_loading_the_model(tmp_path, monkeypatch):
+    from emmax_cli.embed import embed_files
+    from emmax_cli.errors import InputError
+    from emmax_cli.models.encoder import Encoder
+
+    def no_load(*a, **kw):
+        raise AssertionError("the model was loaded before the inputs were checked")
+
+    monkeypatch.setattr(Encoder, "load", no_load)
+    a = write(tmp_path / "a.txt", SENTS)
+    (tmp_path / "out").mkdir()
+    cases = [
+        (([str(a), str(tmp_path / "missing.txt")], tmp_path / "out"), "missing.txt: no such file"),
+        (([str(a)], a), "is the input file"),
+        (([str(a), str(a)], tmp_path / "out"), "would both be written to"),
+        (([str(a)], tmp_path / "no" / "x.parquet"), "output folder does not exist"),
+        ((["-"], None), "reading stdin needs an output file"),
+        (([str(a)], None), "unknown embedding dtype"),
+    ]
+    for (inputs, out), needle in cases:
+        kw = {"dtype": "int8"} if "dtype" in needle else {}
+        with pytest.raises(InputError, match=needle):
+            embed_files(inputs, out, force=True, **kw)

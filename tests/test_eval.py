@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import one_line_error
 
 from emmax_cli.cli import cli
 from emmax_cli.errors import EmmaxError, InputError
@@ -59,7 +60,8 @@ def _cands(scores, correct):
 
 
 def test_threshold_midpoint_with_ties():
-    # scores 1.10 T | 1.08 T, 1.08 F (a tie: one group) | 1.05 T | 1.01 F ; 4 gold pairs (one never mined)
+    # scores 1.10 T | 1.08 T, 1.08 F (a tie: one group) | 1.05 T | 1.01 F;
+    # 4 gold pairs (one never mined)
     c, gold = _cands([1.10, 1.08, 1.08, 1.05, 1.01], [1, 1, 0, 1, 0])
     gold = gold | {("s_missing", "t_missing")}
     # after 1.10: tp 1, P 1,   R 1/4, F1 0.4
@@ -557,8 +559,66 @@ def test_cli_eval_commands_tiny_model(tmp_path, tiny_model_dir):
     )
     assert out.exit_code == 0 and json.loads(out.stdout)["n"] == 10
 
-    sample, test = make_bucc_set(tmp_path / "bucc", n_gold=(20, 30), n_fill=(60, 80))
-    out = r.invoke(
+
+WORDS = "the a cat dog house water tom mary book good morning hello thank yes no".split()
+
+
+def identical_bucc_set(root: Path, n_gold: int = 30, n_fill: int = 40) -> tuple[Path, Path]:
+    """A BUCC-format set the tiny (random) model solves exactly: every gold pair is the same
+    sentence on both sides (same text, same vector), hidden among distinct one-sided lines."""
+    rng = random.Random(5)
+    # distinct word sequences (numbers would all be <unk> to the tiny tokenizer)
+    pool = iter(
+        dict.fromkeys(
+            " ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 9)))
+            for _ in range(8 * (n_gold + n_fill))
+        )
+    )
+    dirs = []
+    for split in ("sample", "training"):
+        gold = [next(pool) for _ in range(n_gold)]
+        src = [(f"de-{i}", t) for i, t in enumerate(gold + [next(pool) for _ in range(n_fill)])]
+        tgt = [(f"en-{i}", t) for i, t in enumerate(gold + [next(pool) for _ in range(n_fill)])]
+        rng.shuffle(src)
+        rng.shuffle(tgt)
+        pairs = [(f"de-{i}", f"en-{i}") for i in range(n_gold)]
+        bucc.write_split(root / split, "de", split, src, tgt, pairs)
+        dirs.append(root / split)
+    return dirs[0], dirs[1]
+
+
+def test_cli_eval_bucc_tiny_model_finds_every_gold_pair(tmp_path, tiny_model_dir, tiny_encoder):
+    sample, test = identical_bucc_set(tmp_path / "bucc")
+    args = ["eval", "bucc", "--sample-dir", str(sample), "--test-dir", str(test)]
+    args += ["--pairs", "de-en", "-m", str(tiny_model_dir), "--device", "cpu", "--quiet"]
+    out = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert out.exit_code == 0, out.output
+    lines = out.stdout.splitlines()
+    assert lines[0] == "BUCC 2018 (%), tiny-0, threshold tuned -> scored: sample -> training"
+    assert lines[1].split() == "pair threshold tune F1 P R F1 extracted gold".split()
+    assert len(lines) == 4 and lines[3].split()[0] == "de-en"
+    js = CliRunner().invoke(cli, [*args, "--json"], catch_exceptions=False)
+    assert js.exit_code == 0, js.output
+    got = json.loads(js.stdout)
+    p = got["pairs"]["de-en"]
+    # every gold pair is one sentence on both sides: all are found, few one-sided lines pass
+    assert p["recall"] == 1.0 and p["n_correct"] == p["n_gold"] == 30 and p["precision"] >= 0.9
+    assert p["tune_recall"] == 1.0 and p["n_src"] == p["n_tgt"] == 70
+    thr, tune_f1, prec, rec, f1, n_pred, n_gold = lines[3].split()[1:]
+    assert [float(thr), int(n_pred), int(n_gold)] == [round(p["threshold"], 4), p["n_pred"], 30]
+    assert [tune_f1, prec, rec, f1] == [
+        f"{100 * p[k]:.2f}" for k in ("tune_f1", "precision", "recall", "f1")
+    ]
+    # the CLI reports exactly what the library computes with the same encoder
+    lib = bucc.eval_bucc(tiny_encoder, sample, test, pairs="de-en")
+    assert got == json.loads(json.dumps(lib.to_dict(), default=float))
+
+
+def test_cli_eval_bucc_without_a_gold_candidate_is_one_line(tmp_path, tiny_model_dir):
+    sample, test = identical_bucc_set(tmp_path / "bucc")
+    # gold pairs that are never mined: each gold source is paired with a one-sided target
+    (sample / "de-en.sample.gold").write_text("".join(f"de-{i}\ten-{40 + i}\n" for i in range(5)))
+    out = CliRunner().invoke(
         cli,
         [
             "eval",
@@ -567,20 +627,15 @@ def test_cli_eval_commands_tiny_model(tmp_path, tiny_model_dir):
             str(sample),
             "--test-dir",
             str(test),
-            "--pairs",
-            "de-en",
             "-m",
             str(tiny_model_dir),
             "--device",
             "cpu",
             "--quiet",
         ],
-        catch_exceptions=False,
     )
-    if out.exit_code == 1:  # a random model may mine no gold pair on the sample: a clean error
-        assert "no candidate is a gold pair" in out.output
-    else:
-        assert out.exit_code == 0 and "threshold" in out.stdout and "de-en" in out.stdout
+    one_line_error(out, "no candidate is a gold pair")
+    assert out.stdout == ""
 
 
 # ---- bench report -----------------------------------------------------------------------------

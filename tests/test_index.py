@@ -172,11 +172,30 @@ def test_existing_output_bad_factory_and_too_few_rows(tmp_path, vectors):
     assert load_index(out).factory == "Flat"  # failed rebuilds left the old index intact
 
 
+def strip_checksums(out):
+    """Make the sidecar look like a format-1 index (written before checksums)."""
+    meta_path = sidecar_paths(out)[0]
+    meta = json.loads(meta_path.read_text())
+    meta.pop("checksums")
+    meta["format_version"] = 1
+    meta_path.write_text(json.dumps(meta))
+
+
+def flip_bytes(path, start, n=64):
+    data = bytearray(path.read_bytes())
+    for i in range(start, start + n):
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("checksums", [True, False])
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "empty"])
-def test_corrupt_index_file(tmp_path, vectors, damage):
+def test_corrupt_index_file(tmp_path, vectors, damage, checksums):
     a = write_shard(tmp_path / "a.parquet", vectors[:500])
     out = tmp_path / "x.faiss"
     build_index([a], out, factory="IVF4,Flat")
+    if not checksums:
+        strip_checksums(out)
     data = out.read_bytes()
     out.write_bytes(
         {"garbage": b"not an index at all" * 10, "truncated": data[: len(data) // 2], "empty": b""}[
@@ -186,14 +205,37 @@ def test_corrupt_index_file(tmp_path, vectors, damage):
     with pytest.raises(IndexError_) as e:
         load_index(out)
     msg = str(e.value)
-    assert "\n" not in msg and "cannot read the FAISS index" in msg
-    assert "rebuild it with `emmax index`" in msg
+    assert "\n" not in msg and "rebuild it with `emmax index`" in msg
+    if checksums:  # found before faiss parses anything
+        assert "is corrupt (checksum mismatch in x.faiss)" in msg
+    else:
+        assert "cannot read the FAISS index" in msg
+
+
+def test_checksums_written_and_flipped_vector_bytes_detected(tmp_path, vectors):
+    """64 flipped bytes in the vector data load fine in faiss and mine garbage: the checksum
+    catches them; without checksums (format 1) the norm check on a Flat index does."""
+    a = write_shard(tmp_path / "a.parquet", vectors[:2000])
+    out = tmp_path / "x.faiss"
+    meta = build_index([a], out)
+    assert meta["format_version"] == 2 and set(meta["checksums"]) == {"algorithm", "ids", "index"}
+    flip_bytes(out, out.stat().st_size // 2)
+    with pytest.raises(IndexError_, match=r"x\.faiss is corrupt \(checksum mismatch in x\.faiss\)"):
+        load_index(out)
+    strip_checksums(out)
+    with pytest.raises(IndexError_, match=r"is corrupt \(row \d+ has norm .* normalised\)"):
+        load_index(out)
+    # an intact format-1 index still loads
+    build_index([a], out, force=True)
+    strip_checksums(out)
+    assert load_index(out).ntotal == 2000
 
 
 def test_missing_or_inconsistent_sidecars(tmp_path, vectors):
     a = write_shard(tmp_path / "a.parquet", vectors[:200])
     out = tmp_path / "x.faiss"
     build_index([a], out)
+    strip_checksums(out)  # the checks below are behind the checksum
     meta_path, ids_path = sidecar_paths(out)
     with pytest.raises(InputError, match="no such index file"):
         load_index(tmp_path / "nope.faiss")
@@ -212,6 +254,76 @@ def test_missing_or_inconsistent_sidecars(tmp_path, vectors):
     meta_path.unlink()
     with pytest.raises(IndexError_, match=r"x\.faiss\.json is missing.*rebuild"):
         load_index(out)
+
+
+@pytest.mark.parametrize(
+    "content,needle",
+    [
+        (b"garbage, not numpy at all" * 4, "(unreadable)"),
+        ("float", "dtype float64"),
+        ("2d", "shape (100, 2)"),
+    ],
+)
+def test_garbage_ids_file(tmp_path, vectors, content, needle):
+    a = write_shard(tmp_path / "a.parquet", vectors[:200])
+    out = tmp_path / "x.faiss"
+    build_index([a], out)
+    strip_checksums(out)
+    ids_path = sidecar_paths(out)[1]
+    if content == "float":
+        np.save(ids_path, np.arange(200, dtype=np.float64))
+    elif content == "2d":
+        np.save(ids_path, np.zeros((100, 2), np.int64))
+    else:
+        ids_path.write_bytes(content)
+    with pytest.raises(IndexError_) as e:
+        load_index(out)
+    msg = str(e.value)
+    assert "x.faiss.ids.npy: not a row-id file written by emmax index" in msg and needle in msg
+    assert "pickle" not in msg and "\n" not in msg
+
+
+def test_moved_or_changed_source_file(tmp_path, vectors):
+    a = write_shard(tmp_path / "a.parquet", vectors[:200])
+    out = tmp_path / "x.faiss"
+    build_index([a], out)
+    a.rename(tmp_path / "moved.parquet")
+    with pytest.raises(InputError) as e:
+        load_index(out)
+    assert str(e.value) == (
+        f"index {out} refers to its source file {a}, which is missing "
+        "(move it back or rebuild the index)"
+    )
+    assert load_index(out, check_source_files=False).ntotal == 200  # --add does not need it
+    write_shard(a, vectors[:150])
+    with pytest.raises(InputError, match=r"now has 150 rows, not 200"):
+        load_index(out)
+
+
+def test_flipped_bytes_in_parquet_source(tmp_path, vectors):
+    """Damage inside a data page (not the footer): found while reading, mid-iteration."""
+    import pyarrow.parquet as pq
+
+    from emmax_cli.io.parquet import iter_embeddings, read_embeddings
+
+    a = write_shard(tmp_path / "a.parquet", vectors[:3000], chunk=500)
+    md = pq.ParquetFile(a).metadata
+    col = md.row_group(3).column(md.num_columns - 1)  # the embedding column of group 3
+    flip_bytes(a, col.data_page_offset + 64)
+    out = tmp_path / "x.faiss"
+    for call in (
+        lambda: build_index([a], out),
+        lambda: read_embeddings(a),
+        lambda: list(iter_embeddings(a, batch_rows=500)),
+    ):
+        with pytest.raises(InputError) as e:
+            call()
+        msg = str(e.value)
+        assert msg.startswith(f"{a}: not a readable embedding Parquet file (")
+        assert msg.endswith("(re-run emmax embed)") and "\n" not in msg
+    assert not out.exists() and not list(tmp_path.glob(".x.faiss*"))
+    it = iter_embeddings(a, batch_rows=500)
+    assert len(next(it)["id"]) == 500  # the groups before the damage still read
 
 
 def test_device_mapping_without_gpu_faiss():

@@ -289,10 +289,20 @@ def test_mine_errors(random_pair):
         mine(x, y, k=0)
 
 
-def test_mine_small_side_clips_k():
+def test_mine_small_side_clips_k(caplog):
     x, y = clustered(20, 16, seed=1)
-    p = mine(x, y[:2], k=4)  # only 2 targets: k = 2 both ways for the means
+    with caplog.at_level("WARNING", logger="emmax_cli"):
+        p = mine(x, y[:2], k=4)  # only 2 targets: k = 2 fwd; 20 sources, k = 4 bwd
     assert len(p) == 2
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warned == [
+        "k=4 is more than the source (20 rows) or target (2 rows) holds; "
+        "each direction uses at most as many neighbours as the other side has"
+    ]  # once, not once per direction
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="emmax_cli"):
+        mine(x, y, k=4)
+    assert not caplog.records
 
 
 def test_greedy_one_to_one_matches_sequential_loop():
@@ -322,12 +332,16 @@ def test_knn_blocked_equals_unblocked():
     assert sims.dtype == np.float32 and idx.dtype == np.int64
 
 
-def test_knn_clips_k_and_reports_progress():
+def test_knn_clips_k_and_reports_progress(caplog):
     x, y = clustered(50, 8, seed=4)
     done = []
+    caplog.set_level("WARNING", logger="emmax_cli")
     sims, idx = knn(x, y[:3], 10, block_size=16, progress=done.append)
     assert sims.shape == idx.shape == (50, 3)
     assert done == [16, 16, 16, 2]
+    assert [r.getMessage() for r in caplog.records] == [
+        "k=10 is more than the 3 rows of the database; using k=3"
+    ]
 
 
 def test_knn_with_index_database():

@@ -39,6 +39,14 @@ def vocab_model(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tinyv") / "tiny", seed=0, vocab_texts=texts)
 
 
+def log_records(out: Path) -> list[tuple]:
+    """(phase, step, record without timings) of every line of <out>/train_log.jsonl."""
+    lines = (out / "train_log.jsonl").read_text(encoding="utf-8").splitlines()
+    recs = [json.loads(x) for x in lines]
+    timing = {"pairs_per_s", "elapsed_s"}
+    return [(r["phase"], r["step"], {k: v for k, v in r.items() if k not in timing}) for r in recs]
+
+
 def tiny_cfg(model: Path, out: Path, *extra: str):
     from emmax_cli.train.config import load_config
 
@@ -109,7 +117,7 @@ def test_config_roundtrip():
 
 
 def test_lr_schedule():
-    from emmax_cli.train.loop import lr_at
+    from emmax_cli.train.step import lr_at
 
     lrs = [lr_at(s, 100, 1.0, 10) for s in range(100)]
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
@@ -181,7 +189,9 @@ def test_queue_wraps_and_key_copies_query():
 
     top = torch.nn.Linear(3, 3)
     mq = MomentumQueue(top, dim=3, size=5, momentum=0.9)
-    assert all(torch.equal(a, b) for a, b in zip(mq.key_top.parameters(), top.parameters(), strict=False))
+    assert all(
+        torch.equal(a, b) for a, b in zip(mq.key_top.parameters(), top.parameters(), strict=False)
+    )
     assert mq.entries().shape == (0, 3)  # starts empty: no random negatives (F7)
     mq.enqueue(torch.ones(3, 3))
     mq.enqueue(2 * torch.ones(4, 3))  # wraps around
@@ -199,7 +209,8 @@ def test_queue_wraps_and_key_copies_query():
 
 # ---- data ---------------------------------------------------------------------------------------
 def test_data_filters_eval_lines_and_is_deterministic(tmp_path):
-    from emmax_cli.train.data import BatchSampler, eval_sentence_set, find_sources
+    from emmax_cli.train.data import eval_sentence_set, find_sources
+    from emmax_cli.train.sampler import BatchSampler
 
     ev = tmp_path / "eval"
     ev.mkdir()
@@ -298,6 +309,181 @@ def test_resume_is_exact(phase, tiny_run, vocab_model, tmp_path, monkeypatch):
     resumed = run(tmp_path / "b", resume=True)
     assert sorted(resumed) == [5, 6, 7, 8]
     assert {**crashed, **resumed} == straight
+    # the log of the crashed + resumed run is the uninterrupted run's: steps 5, 6 not twice
+    assert log_records(tmp_path / "b") == log_records(tmp_path / "a")
+
+
+@needs_data
+def test_resume_log_has_no_repeated_steps(tiny_run, vocab_model, tmp_path, monkeypatch):
+    """All phases, killed at ctl step 6 (after its log line, before the step-8 checkpoint),
+    then --resume: train_log.jsonl has each (phase, step) once, equal to the straight run's."""
+    from emmax_cli.train.loop import Trainer
+
+    monkeypatch.chdir(REPO)
+    straight, *_ = tiny_run
+    out = tmp_path / "b"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        Trainer(tiny_cfg(vocab_model, out), crash_at=6).run()
+    assert [s for p, s, _ in log_records(out)] == [1, 2, 3, 4, 5, 6]
+    Trainer(tiny_cfg(vocab_model, out)).run(resume=True)
+    got = log_records(out)
+    pairs = [(p, s) for p, s, _ in got]
+    assert len(pairs) == len(set(pairs))
+    assert got == log_records(straight)  # same steps, same losses, bit for bit
+
+
+def test_find_resume(tmp_path):
+    """One lookup: the checkpoint ``latest`` names; without ``latest`` the newest complete one;
+    errors for an incomplete pointer, another phase, or nothing at all."""
+    from emmax_cli.train.checkpoint import STATE, find_resume
+
+    with pytest.raises(ConfigError, match="no checkpoint to resume from"):
+        find_resume(tmp_path)
+    root = tmp_path / "checkpoints"
+    for rel in ("ctl/step-000004", "ctl/step-000016", "em/step-000004", "em/step-000008"):
+        (root / rel).mkdir(parents=True)
+        (root / rel / STATE).write_bytes(b"")
+    (root / "em" / "step-000012").mkdir()  # incomplete: no trainer state
+    (root / "em" / ".step-000012.x.tmp").mkdir()  # a temporary folder
+    p = find_resume(tmp_path)
+    assert (p.phase, p.step, p.path) == ("em", 8, root / "em" / "step-000008")
+    (root / "latest").write_text("ctl/step-000016\n")
+    p = find_resume(tmp_path, "ctl")
+    assert (p.phase, p.step, p.path) == ("ctl", 16, root / "ctl" / "step-000016")
+    with pytest.raises(ConfigError, match="from phase ctl, not em"):
+        find_resume(tmp_path, "em")
+    (root / "latest").write_text("em/step-000012\n")
+    with pytest.raises(ConfigError, match="incomplete or missing") as e:
+        find_resume(tmp_path)
+    assert "delete" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_truncate_log(tmp_path):
+    from emmax_cli.train.runlog import append_record, read_log, truncate_log
+
+    for phase, step in [("ctl", 1), ("ctl", 2), ("ctl", 3), ("gmm", 1), ("em", 1), ("em", 2)]:
+        append_record(tmp_path, {"phase": phase, "step": step})
+    with open(tmp_path / "train_log.jsonl", "a") as f:
+        f.write('{"phase": "em", "st')  # a write cut short by a kill
+    assert truncate_log(tmp_path, "em", 1) == 2
+    assert [(r["phase"], r["step"]) for r in read_log(tmp_path)] == [
+        ("ctl", 1),
+        ("ctl", 2),
+        ("ctl", 3),
+        ("gmm", 1),
+        ("em", 1),
+    ]
+    assert truncate_log(tmp_path, "ctl", 2) == 3
+    assert [(r["phase"], r["step"]) for r in read_log(tmp_path)] == [("ctl", 1), ("ctl", 2)]
+    assert truncate_log(tmp_path, "ctl", 2) == 0
+    assert sorted(os.listdir(tmp_path)) == ["train_log.jsonl"]  # no temporary file left
+
+
+def test_checkpoint_save_failure_leaves_nothing(tmp_path):
+    """A checkpoint that fails half-way leaves no folder behind, and ``latest`` still names
+    the previous one; a temporary left by a killed process is cleaned by the next save."""
+    from emmax_cli.train.checkpoint import find_resume, load_checkpoint, save_checkpoint
+
+    w = {"w": torch.ones(2, 2)}
+    save_checkpoint(tmp_path, "ctl", 4, w, {"step": 4}, "[run]\n")
+
+    class FailingHead:
+        def save(self, d):
+            (Path(d) / "gmm_head.safetensors").write_bytes(b"half")
+            raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space"):
+        save_checkpoint(tmp_path, "ctl", 8, w, {"step": 8}, "[run]\n", gmm=FailingHead())
+    phase_dir = tmp_path / "checkpoints" / "ctl"
+    assert sorted(os.listdir(phase_dir)) == ["step-000004"]
+    assert find_resume(tmp_path).step == 4
+    assert load_checkpoint(find_resume(tmp_path).path)[1] == {"step": 4}
+    (phase_dir / ".step-000008.abc.tmp").mkdir()  # left by a SIGKILL
+    save_checkpoint(tmp_path, "ctl", 8, w, {"step": 8}, "[run]\n", keep=1)
+    assert sorted(os.listdir(phase_dir)) == ["step-000008"]
+
+
+def test_export_failure_keeps_previous_export(tiny_encoder, tmp_path, monkeypatch):
+    """A failed export leaves the previous model directory as it was and no temporary."""
+    import emmax_cli.models.loading as loading
+    from emmax_cli.train.config import TrainConfig
+    from emmax_cli.train.export import export_model
+
+    enc = tiny_encoder
+    top = torch.nn.ModuleDict()
+    root = export_model(
+        tmp_path / "ctl", enc.model, enc.tokenizer, enc.config, top, TrainConfig(), "ctl"
+    )
+    before = (root / "emmax.json").read_bytes()
+    real = loading.save_model_dir
+
+    def failing(path, *a, **k):
+        real(path, *a, **k)  # writes everything, then the disk fills up
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(loading, "save_model_dir", failing)
+    with pytest.raises(OSError, match="No space"):
+        export_model(root, enc.model, enc.tokenizer, enc.config, top, TrainConfig(), "em")
+    assert os.listdir(tmp_path) == ["ctl"]
+    assert (root / "emmax.json").read_bytes() == before
+
+
+@pytest.fixture
+def small_data(tmp_path) -> dict[str, str]:
+    """--set overrides pointing every data key at small files that exist."""
+    d = tmp_path / "data"
+    d.mkdir()
+    (d / "deu-eng.tsv").write_text("".join(f"satz {i}\tsentence {i}\n" for i in range(40)))
+    (d / "deu.txt").write_text("".join(f"mono {i}\n" for i in range(20)))
+    return {
+        "data.parallel": f'["{d / "deu-eng.tsv"}"]',
+        "data.mono": f'["{d / "deu.txt"}"]',
+        "data.dev": f'["{d / "deu-eng.tsv"}"]',
+        "data.exclude": "[]",
+    }
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("data.parallel", '["no/such/*-eng.tsv"]'),
+        ("data.parallel", '[{src = "no/such.de", tgt = "no/such.en"}]'),
+        ("data.mono", '["no/such/deu.txt"]'),
+        ("data.dev", '["no/such/dev.tsv"]'),
+        ("model.base", '"./no/such/model"'),
+    ],
+)
+def test_missing_path_is_config_error_and_writes_nothing(
+    key, value, small_data, tiny_model_dir, tmp_path
+):
+    """Every configured path is checked before the run writes anything (no dev.tsv left)."""
+    from emmax_cli.train.loop import Trainer
+
+    out = tmp_path / "run"
+    sets = [f"{k}={v}" for k, v in {**small_data, key: value}.items()]
+    cfg = tiny_cfg(tiny_model_dir, out, *sets)
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")) as e:
+        Trainer(cfg).run()
+    assert "\n" not in str(e.value) and "no/such" in str(e.value)
+    assert not out.exists() or not any(out.rglob("*"))
+
+
+def test_cli_train_missing_data_is_one_line_and_writes_nothing(
+    small_data, tiny_model_dir, tmp_path
+):
+    from click.testing import CliRunner
+    from conftest import one_line_error
+
+    from emmax_cli.cli import cli
+
+    sets = {**small_data, "data.mono": '["no/such/deu.txt"]'}
+    args = ["train", "--config", str(TINY), "--out", str(tmp_path / "o")]
+    args += ["--set", f'model.base="{tiny_model_dir}"']
+    for k, v in sets.items():
+        args += ["--set", f"{k}={v}"]
+    r = CliRunner().invoke(cli, args)
+    one_line_error(r, "data.mono", "no/such/deu.txt")
+    assert not (tmp_path / "o").exists()
 
 
 def _free_port() -> int:
@@ -330,7 +516,7 @@ def _worker(rank: int, world: int, port: int, model: str, out: str, q) -> None:
 
 @needs_data
 def test_two_process_gloo(vocab_model, tmp_path):
-    """Two processes (gloo): gradients averaged (identical weights), keys gathered into the queue."""
+    """Two processes (gloo): gradients averaged (identical weights), keys gathered (queue)."""
     import torch.multiprocessing as mp
 
     ctx = mp.get_context("spawn")

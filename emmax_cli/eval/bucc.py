@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from ..console import Progress, null_progress
+from ..console import Progress, ProgressFactory, no_progress, null_progress
 from ..errors import InputError
 
 log = logging.getLogger(__name__)
@@ -137,6 +137,7 @@ def find_split(directory: str | os.PathLike, lang: str, prefer: Sequence[str]) -
 
 
 def available_pairs(directory: str | os.PathLike) -> list[str]:
+    """The ``xx-en`` pairs with files in ``directory``."""
     langs = sorted({lg for lg, _ in _split_files(Path(directory))})
     return [f"{lg}-en" for lg in langs]
 
@@ -189,6 +190,7 @@ class Candidates:
     scores: np.ndarray  # (m,) float32
 
     def above(self, threshold: float) -> list[tuple[str, str]]:
+        """The pairs scoring at least ``threshold``."""
         return [p for p, s in zip(self.pairs, self.scores, strict=False) if s >= threshold]
 
 
@@ -240,7 +242,9 @@ def mine_split(
     s_map = _unique_text_ids(split.src_ids, split.src_texts)
     t_map = _unique_text_ids(split.tgt_ids, split.tgt_texts)
     best: dict[tuple[str, str], float] = {}
-    for si, ti, sc in zip(res.src_idx.tolist(), res.tgt_idx.tolist(), res.score.tolist(), strict=False):
+    for si, ti, sc in zip(
+        res.src_idx.tolist(), res.tgt_idx.tolist(), res.score.tolist(), strict=False
+    ):
         a, b = s_map.get(s_txt[si]), t_map.get(t_txt[ti])
         if a is None or b is None:
             continue
@@ -253,6 +257,8 @@ def mine_split(
 # ---- evaluation -----------------------------------------------------------------------------
 @dataclass
 class BuccPair:
+    """One language pair: the tuned threshold, tuning and test P/R/F1 (fractions) and counts."""
+
     pair: str
     tune_split: str
     test_split: str
@@ -273,16 +279,20 @@ class BuccPair:
 
 @dataclass
 class BuccResult:
+    """Every evaluated pair, k and the model."""
+
     pairs: list[BuccPair]
     k: int = 4
     model: dict[str, Any] = field(default_factory=dict)
 
     @property
     def average_f1(self) -> float | None:
+        """The mean test F1 over pairs with gold pairs."""
         f = [p.f1 for p in self.pairs if p.f1 is not None]
         return float(np.mean(f)) if f else None
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: protocol, model, average F1 and every pair."""
         return {
             "task": "bucc2018",
             "protocol": (
@@ -297,17 +307,41 @@ class BuccResult:
 
 
 def eval_bucc(
-    encoder,
+    model: Any,
     sample_dir: str | os.PathLike,
     test_dir: str | os.PathLike,
     pairs: str | Sequence[str] | None = None,
     k: int = 4,
-    progress: Progress | None = None,
+    progress: ProgressFactory | None = None,
     batch_tokens: int = 8192,
+    *,
+    device: str = "auto",
+    precision: str = "fp32",
 ) -> BuccResult:
     """BUCC P/R/F1 per language pair: tune the threshold on ``sample_dir``'s split, score
-    ``test_dir``'s split. ``pairs``: ``"de-en,fr-en"``, a list, or None (all pairs found in
-    ``test_dir``). With the XTREME convention pass the ``sample`` and ``training`` folders."""
+    ``test_dir``'s split. The library function behind ``emmax eval bucc``; every split is
+    read and checked before the model is loaded.
+
+    Args:
+        model: a built-in name, a model directory, None (the default model) or an Encoder.
+        sample_dir: the folder of the tuning split (with ``.gold``); XTREME: ``sample``.
+        test_dir: the folder of the scored split; XTREME: ``training``.
+        pairs: ``"de-en,fr-en"``, a list, or None (all pairs found in ``test_dir``).
+        k: the margin's neighbourhood size.
+        progress: a factory ``progress(description, total)`` (see ``console.progress_bar``).
+        batch_tokens: padded tokens per encoder batch.
+        device, precision: where and how to embed.
+
+    Returns:
+        A :class:`BuccResult`.
+
+    Raises:
+        InputError: missing files, a tuning split without gold pairs, or no gold pair among
+            the tuning candidates.
+        ModelLoadError: the model cannot be loaded.
+    """
+    from ..bitext import load_encoder
+
     if pairs is None:
         wanted = available_pairs(test_dir)
         if not wanted:
@@ -317,7 +351,7 @@ def eval_bucc(
             )
     else:
         wanted = [p for p in (pairs.split(",") if isinstance(pairs, str) else pairs) if p.strip()]
-    out = []
+    splits = []
     for pair in wanted:
         lang = pair_lang(pair)
         tune = find_split(sample_dir, lang, SAMPLE_SPLITS)
@@ -327,42 +361,53 @@ def eval_bucc(
                 f"{sample_dir}: no {lang}-en.{tune.split}.gold",
                 hint="the tuning split needs gold pairs",
             )
-        c_tune = mine_split(encoder, tune, k=k, progress=progress, batch_tokens=batch_tokens)
-        thr, tp, tr, tf = tune_threshold(c_tune, tune.gold)
-        c_test = mine_split(encoder, test, k=k, progress=progress, batch_tokens=batch_tokens)
-        pred = c_test.above(thr)
-        if test.gold is not None:
-            m = bucc_metrics(pred, test.gold)
-            P, R, F, ng, nc = m["precision"], m["recall"], m["f1"], m["n_gold"], m["n_correct"]
-        else:
-            P = R = F = ng = nc = None
-        log.info(
-            "%s: threshold %.4f (tuned on %s, F1 %.4f); %s F1 %s",
-            tune.pair,
-            thr,
-            tune.split,
-            tf,
-            test.split,
-            "n/a" if F is None else f"{F:.4f}",
-        )
-        out.append(
-            BuccPair(
-                pair=tune.pair,
-                tune_split=tune.split,
-                test_split=test.split,
-                threshold=thr,
-                tune_precision=tp,
-                tune_recall=tr,
-                tune_f1=tf,
-                precision=P,
-                recall=R,
-                f1=F,
-                n_pred=len(pred),
-                n_gold=ng,
-                n_correct=nc,
-                n_candidates=len(c_test.pairs),
-                n_src=len(test.src_ids),
-                n_tgt=len(test.tgt_ids),
-            )
-        )
+        splits.append((tune, test))
+    encoder = load_encoder(model, device, precision)
+    total = sum(len(set(sp.src_texts)) + len(set(sp.tgt_texts)) for both in splits for sp in both)
+    out = []
+    with (progress or no_progress)("bucc", total) as adv:
+        for tune, test in splits:
+            out.append(_eval_pair(encoder, tune, test, k, adv, batch_tokens))
     return BuccResult(pairs=out, k=k, model=dict(encoder.meta))
+
+
+def _eval_pair(
+    encoder, tune: BuccSplit, test: BuccSplit, k: int, progress: Progress, batch_tokens: int
+) -> BuccPair:
+    """Tune the threshold on one pair's tuning split and score its test split."""
+    c_tune = mine_split(encoder, tune, k=k, progress=progress, batch_tokens=batch_tokens)
+    thr, tp, tr, tf = tune_threshold(c_tune, tune.gold)
+    c_test = mine_split(encoder, test, k=k, progress=progress, batch_tokens=batch_tokens)
+    pred = c_test.above(thr)
+    if test.gold is not None:
+        m = bucc_metrics(pred, test.gold)
+        P, R, F, ng, nc = m["precision"], m["recall"], m["f1"], m["n_gold"], m["n_correct"]
+    else:
+        P = R = F = ng = nc = None
+    log.info(
+        "%s: threshold %.4f (tuned on %s, F1 %.4f); %s F1 %s",
+        tune.pair,
+        thr,
+        tune.split,
+        tf,
+        test.split,
+        "n/a" if F is None else f"{F:.4f}",
+    )
+    return BuccPair(
+        pair=tune.pair,
+        tune_split=tune.split,
+        test_split=test.split,
+        threshold=thr,
+        tune_precision=tp,
+        tune_recall=tr,
+        tune_f1=tf,
+        precision=P,
+        recall=R,
+        f1=F,
+        n_pred=len(pred),
+        n_gold=ng,
+        n_correct=nc,
+        n_candidates=len(c_test.pairs),
+        n_src=len(test.src_ids),
+        n_tgt=len(test.tgt_ids),
+    )

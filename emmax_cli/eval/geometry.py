@@ -10,8 +10,8 @@ S = Σ v, S_l = Σ over language l, s_i = Σ over the L renderings of meaning i.
   language-neutral; chance = 1/L), and the Calinski-Harabasz index of the embeddings grouped
   by meaning (higher = clusters by meaning) and by language (lower = better).
 * isotropy: Mu & Viswanath (2018) partition-function ratio min_u Z(u) / max_u Z(u), with
-  Z(u) = Σ_v exp(uᵀv) over ±eigenvectors u of VᵀV (also: of the covariance; 1 = isotropic), and the mean
-  cosine of random pairs of different meanings (0 for an isotropic space)."""
+  Z(u) = Σ_v exp(uᵀv) over ±eigenvectors u of VᵀV (also: of the covariance; 1 = isotropic),
+  and the mean cosine of random pairs of different meanings (0 for an isotropic space)."""
 
 from __future__ import annotations
 
@@ -23,9 +23,15 @@ from typing import Any
 
 import numpy as np
 
-from ..console import Progress
+from ..console import ProgressFactory
 from ..errors import InputError
-from .xsim import embed_multiway, multiway_files, read_multiway, xsim_from_embeddings
+from .xsim import (
+    embed_multiway,
+    multiway_files,
+    progress_of,
+    read_multiway,
+    xsim_from_embeddings,
+)
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +179,8 @@ def pca_2d(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 # ---- evaluation -----------------------------------------------------------------------------
 @dataclass
 class GeometryResult:
+    """Invariance, canonical-form and isotropy metrics, 2-D PCA points and the model."""
+
     langs: list[str]
     n: int  # meanings (lines) per language
     invariance: dict[str, float]
@@ -186,6 +194,7 @@ class GeometryResult:
     pca_variance: list[float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready metrics (without the PCA points)."""
         return {
             "task": "geometry",
             "langs": self.langs,
@@ -244,21 +253,47 @@ def geometry_from_embeddings(
 
 
 def eval_geometry(
-    encoder,
+    model: Any,
     data_dir: str | os.PathLike,
     langs: Sequence[str] | str | None = None,
     n: int | None = 200,
     seed: int = 0,
-    progress: Progress | None = None,
+    progress: ProgressFactory | None = None,
     batch_tokens: int = 8192,
+    *,
+    device: str = "auto",
+    precision: str = "fp32",
 ) -> GeometryResult:
     """Invariance, canonical form and isotropy on the first ``n`` lines of a multi-way folder
-    (``flores200/devtest``, ``ud_pud``) for ``langs`` (comma string or list; None: all files)."""
+    (``flores200/devtest``, ``ud_pud``): the library function behind ``emmax eval geometry``.
+
+    Args:
+        model: a built-in name, a model directory, None (the default model) or an Encoder.
+        data_dir: a folder of line-aligned ``<lang>.txt`` files.
+        langs: languages (list or comma string); None: every ``<lang>.txt``.
+        n: sentences (first lines) per language.
+        seed: seed of the language probe's train/test split.
+        progress: a factory ``progress(description, total)`` (see ``console.progress_bar``).
+        batch_tokens: padded tokens per encoder batch.
+        device, precision: where and how to embed.
+
+    Returns:
+        A :class:`GeometryResult`.
+
+    Raises:
+        InputError: a missing folder, language or file, misaligned files, or fewer than two
+            languages or three sentences.
+        ModelLoadError: the model cannot be loaded.
+    """
+    from ..bitext import load_encoder
+
     if isinstance(langs, str):
         langs = [x.strip() for x in langs.split(",") if x.strip()]
     files = multiway_files(data_dir, langs or None)
     texts = read_multiway(files, n)
-    embs = embed_multiway(encoder, texts, progress, batch_tokens)
+    encoder = load_encoder(model, device, precision)
+    with progress_of(progress, "geometry", texts) as adv:
+        embs = embed_multiway(encoder, texts, adv, batch_tokens)
     E = np.stack([embs[lg] for lg in files])
     res = geometry_from_embeddings(E, list(files), seed=seed)
     res.model = dict(encoder.meta)

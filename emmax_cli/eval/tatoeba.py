@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ..console import Progress, null_progress
+from ..console import ProgressFactory, no_progress
 from ..errors import InputError
 from .xsim import DEFAULT_K, errors, normalize_margin, retrieve_both
 
@@ -67,6 +67,8 @@ XTREME36 = [
 
 @dataclass
 class TatoebaLang:
+    """One language's accuracies (fractions), index-based and text-based."""
+
     lang: str
     n: int
     xx2eng: float  # accuracy (fraction), index-based
@@ -76,9 +78,11 @@ class TatoebaLang:
 
     @property
     def mean(self) -> float:
+        """The mean of the two directions (index-based)."""
         return (self.xx2eng + self.eng2xx) / 2.0
 
     def to_dict(self) -> dict[str, Any]:
+        """The row as a dict, with ``mean``."""
         d = asdict(self)
         d["mean"] = self.mean
         return d
@@ -86,6 +90,8 @@ class TatoebaLang:
 
 @dataclass
 class TatoebaResult:
+    """Per-language rows, the margin and k used, labelled averages and the model."""
+
     languages: list[TatoebaLang]
     margin: str | None
     k: int
@@ -93,9 +99,11 @@ class TatoebaResult:
     model: dict[str, Any] = field(default_factory=dict)
 
     def by_lang(self) -> dict[str, TatoebaLang]:
+        """The rows by language code."""
         return {r.lang: r for r in self.languages}
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: protocol, retrieval, model, averages and languages."""
         return {
             "task": "tatoeba",
             "protocol": (
@@ -110,6 +118,7 @@ class TatoebaResult:
 
 
 def available_langs(data_dir: str | os.PathLike) -> list[str]:
+    """The languages with a ``tatoeba.<xxx>-eng.eng`` file in ``data_dir``."""
     d = Path(data_dir)
     if not d.is_dir():
         raise InputError(f"{d}: not a directory", hint="pass the tatoeba/v1 folder")
@@ -144,6 +153,7 @@ def resolve_langs(data_dir: str | os.PathLike, langs: str | Sequence[str] = "xtr
 
 
 def lang_files(data_dir: str | os.PathLike, lang: str) -> tuple[Path, Path]:
+    """The ``(xx, eng)`` files of ``lang``."""
     d = Path(data_dir)
     return d / f"tatoeba.{lang}-eng.{lang}", d / f"tatoeba.{lang}-eng.eng"
 
@@ -209,24 +219,47 @@ def averages(rows: list[TatoebaLang]) -> dict[str, dict[str, Any]]:
 
 
 def eval_tatoeba(
-    encoder,
+    model: Any,
     data_dir: str | os.PathLike,
     langs: str | Sequence[str] = "xtreme",
     margin: str | None = None,
     k: int = DEFAULT_K,
-    progress: Progress | None = None,
+    progress: ProgressFactory | None = None,
     batch_tokens: int = 8192,
+    *,
+    device: str = "auto",
+    precision: str = "fp32",
 ) -> TatoebaResult:
-    """Tatoeba accuracy per language, both directions, and labelled averages.
+    """Tatoeba accuracy per language, both directions, and labelled averages: the library
+    function behind ``emmax eval tatoeba``. Every file is read and checked before the model
+    is loaded.
 
-    ``langs``: ``"xtreme"`` (36), ``"all"`` (every language in ``data_dir``), a comma string or a
-    list. ``margin``: None (cosine, XTREME/LASER) or ``"ratio"`` (k=4 ratio margin over the
-    nearest candidates). ``progress(n)`` is called with numbers of sentences embedded."""
+    Args:
+        model: a built-in name, a model directory, None (the default model) or an Encoder.
+        data_dir: the folder of ``tatoeba.<xxx>-eng.<xxx>`` / ``.eng`` files (LASER v1).
+        langs: ``"xtreme"`` (36), ``"all"`` (every language in ``data_dir``), a comma string
+            or a list of ISO 639-3 codes.
+        margin: None (cosine, XTREME/LASER) or ``"ratio"`` (k=4 ratio margin over the
+            nearest candidates).
+        k: the margin's neighbourhood size.
+        progress: a factory ``progress(description, total)`` (see ``console.progress_bar``),
+            advanced by sentences embedded.
+        batch_tokens: padded tokens per encoder batch.
+        device, precision: where and how to embed (fp32 reproduces published figures).
+
+    Returns:
+        A :class:`TatoebaResult`.
+
+    Raises:
+        InputError: a missing language, a missing or misaligned file.
+        ModelLoadError: the model cannot be loaded.
+    """
+    from ..bitext import load_encoder
     from ..io.text import read_lines
 
     margin = normalize_margin(margin)
-    progress = progress or null_progress
-    rows = []
+    progress = progress or no_progress
+    texts = {}
     for lang in resolve_langs(data_dir, langs):
         fx, fe = lang_files(data_dir, lang)
         if not fx.exists():
@@ -237,10 +270,15 @@ def eval_tatoeba(
                 f"{lang}: {len(xx)} {lang} lines but {len(eng)} English lines",
                 hint="the two Tatoeba files must be line-aligned",
             )
-        emb = encoder.encode(xx + eng, batch_tokens=batch_tokens, progress=progress)
-        row = score_lang(lang, emb[: len(xx)], emb[len(xx) :], xx, eng, margin=margin, k=k)
-        log.debug("%s: xx2eng %.4f eng2xx %.4f (n=%d)", lang, row.xx2eng, row.eng2xx, row.n)
-        rows.append(row)
+        texts[lang] = (xx, eng)
+    encoder = load_encoder(model, device, precision)
+    rows = []
+    with progress("tatoeba", sum(len(a) + len(b) for a, b in texts.values())) as adv:
+        for lang, (xx, eng) in texts.items():
+            emb = encoder.encode(xx + eng, batch_tokens=batch_tokens, progress=adv)
+            row = score_lang(lang, emb[: len(xx)], emb[len(xx) :], xx, eng, margin=margin, k=k)
+            log.debug("%s: xx2eng %.4f eng2xx %.4f (n=%d)", lang, row.xx2eng, row.eng2xx, row.n)
+            rows.append(row)
     return TatoebaResult(
         languages=rows, margin=margin, k=k, averages=averages(rows), model=dict(encoder.meta)
     )

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ..console import Progress, null_progress
+from ..console import Progress, ProgressFactory, no_progress, null_progress
 from ..errors import InputError
 
 log = logging.getLogger(__name__)
@@ -31,7 +31,8 @@ _LANG_FILE = re.compile(r"^([a-z]{3}(?:_[A-Za-z]{4})?)\.txt$")
 
 
 def normalize_margin(margin: str | None) -> str | None:
-    """``None``/``"cosine"``/``"absolute"``/``"none"`` -> None (plain cosine); else ratio|distance."""
+    """``None``/``"cosine"``/``"absolute"``/``"none"`` -> None (plain cosine); else the margin
+    (``ratio`` or ``distance``)."""
     if margin is None or str(margin).lower() in ("none", "cosine", "absolute", ""):
         return None
     m = str(margin).lower()
@@ -181,6 +182,7 @@ def read_multiway(files: dict[str, Path], n: int | None = None) -> dict[str, lis
 def embed_multiway(
     encoder, texts: dict[str, list[str]], progress: Progress | None = None, batch_tokens: int = 8192
 ) -> dict[str, np.ndarray]:
+    """Embed every language's sentences: ``{lang: (n, dim) float32}``."""
     progress = progress or null_progress
     return {
         lang: encoder.encode(t, batch_tokens=batch_tokens, progress=progress)
@@ -204,6 +206,7 @@ class XsimResult:
     model: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready, with the metric's definition."""
         d = asdict(self)
         d["metric"] = "xsim error rate, % (100 * wrong alignments / n), exact search"
         d["margin"] = self.margin or "cosine"
@@ -256,22 +259,55 @@ def xsim_from_embeddings(
 
 
 def eval_xsim(
-    encoder,
+    model: Any,
     data_dir: str | os.PathLike,
-    langs: Sequence[str] | None = None,
+    langs: Sequence[str] | str | None = None,
     margin: str | None = "ratio",
     k: int = DEFAULT_K,
     n: int | None = None,
-    progress: Progress | None = None,
+    progress: ProgressFactory | None = None,
     batch_tokens: int = 8192,
+    *,
+    device: str = "auto",
+    precision: str = "fp32",
 ) -> XsimResult:
-    """xsim error matrix over a multi-way folder: every language against every other.
+    """xsim error matrix over a multi-way folder, every language against every other: the
+    library function behind ``emmax eval xsim``. Files are read and checked first.
 
-    Default margin ``ratio`` with k = 4, index-based, as LASER's ``source/xsim.py``; pass
-    ``margin=None`` for plain cosine. ``n`` keeps only the first n lines of each file."""
-    files = multiway_files(data_dir, langs)
+    Default margin ``ratio`` with k = 4, index-based, as LASER's ``source/xsim.py``.
+
+    Args:
+        model: a built-in name, a model directory, None (the default model) or an Encoder.
+        data_dir: a folder of line-aligned ``<lang>.txt`` files.
+        langs: languages (list or comma string); None: every ``<lang>.txt``.
+        margin: ``ratio``, ``distance``, or None for plain cosine.
+        k: the margin's neighbourhood size.
+        n: keep only the first n lines of each file.
+        progress: a factory ``progress(description, total)`` (see ``console.progress_bar``).
+        batch_tokens: padded tokens per encoder batch.
+        device, precision: where and how to embed.
+
+    Returns:
+        An :class:`XsimResult`.
+
+    Raises:
+        InputError: a missing folder, language or file, or files that are not line-aligned.
+        ModelLoadError: the model cannot be loaded.
+    """
+    from ..bitext import load_encoder
+
+    if isinstance(langs, str):
+        langs = [x.strip() for x in langs.split(",") if x.strip()]
+    files = multiway_files(data_dir, langs or None)
     texts = read_multiway(files, n)
-    embs = embed_multiway(encoder, texts, progress, batch_tokens)
+    encoder = load_encoder(model, device, precision)
+    with progress_of(progress, "xsim", texts) as adv:
+        embs = embed_multiway(encoder, texts, adv, batch_tokens)
     res = xsim_from_embeddings(embs, texts, margin=margin, k=k)
     res.model = dict(encoder.meta)
     return res
+
+
+def progress_of(progress: ProgressFactory | None, description: str, texts: dict[str, list[str]]):
+    """The progress context of embedding every text of a multi-way set."""
+    return (progress or no_progress)(description, sum(len(t) for t in texts.values()))

@@ -20,10 +20,16 @@ from pathlib import Path
 from ..errors import InputError
 
 
-def _real_target(path: str | os.PathLike) -> Path:
-    """The path a write to ``path`` lands on: symlinks are followed (even dangling ones)."""
+def real_target(path: str | os.PathLike) -> Path:
+    """The path a write to ``path`` lands on: symlinks are followed (even dangling ones).
+
+    A link that resolves to no path but opens all the same, as ``/dev/stdout`` does through
+    ``/proc/self/fd/1`` when that is a pipe (``pipe:[123]``), is kept as it is."""
     p = Path(path)
-    return Path(os.path.realpath(p)) if p.is_symlink() else p
+    if not p.is_symlink():
+        return p
+    real = Path(os.path.realpath(p))
+    return p if not real.exists() and p.exists() else real
 
 
 def is_stream_target(path: str | os.PathLike) -> bool:
@@ -46,7 +52,7 @@ def check_output(path: str | os.PathLike, force: bool = False) -> Path:
             folder does not exist.
     """
     p = Path(path)
-    real = _real_target(p)
+    real = real_target(p)
     if is_stream_target(real):
         return p
     if real.exists():
@@ -61,6 +67,10 @@ def check_output(path: str | os.PathLike, force: bool = False) -> Path:
             raise InputError(f"{p}: output already exists", hint="pass --force to replace it")
     if not real.parent.exists():
         raise InputError(f"{real.parent}: output folder does not exist", hint="create it first")
+    if not os.access(real.parent, os.W_OK | os.X_OK):
+        raise InputError(
+            f"{real.parent}: output folder is not writable", hint="choose another output"
+        )
     return p
 
 
@@ -77,7 +87,7 @@ def atomic_output(
     Raises:
         InputError: the target is a folder or another file type that cannot be replaced.
     """
-    target = _real_target(path)
+    target = real_target(path)
     if is_stream_target(target):
         yield target
         return
@@ -113,6 +123,9 @@ def atomic_dir(path: str | os.PathLike, replace: bool = False) -> Iterator[Path]
     if target.exists() and not replace:
         raise InputError(f"{target}: already exists", hint="pass --force to replace it")
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; a model folder is shared like any other
     old: Path | None = None
     try:
         yield tmp

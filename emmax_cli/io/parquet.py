@@ -14,9 +14,55 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
+from .atomic import is_stream_target
 
 META_KEY = b"emmax"
 FORMAT_VERSION = 1
+REEMBED_HINT = "re-run emmax embed"
+
+
+def _unreadable(path: str | os.PathLike, e: BaseException) -> InputError:
+    """The one-line error for a damaged or foreign Parquet file."""
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return InputError(f"{path}: not a readable embedding Parquet file ({msg})", hint=REEMBED_HINT)
+
+
+def _read_errors() -> tuple[type[BaseException], ...]:
+    """What pyarrow raises for damaged data (OSError "Unexpected end of stream", a failed
+    page checksum or decompression, ArrowInvalid), plus a reshape of a wrong-length column."""
+    import pyarrow as pa
+
+    return (OSError, ValueError, EOFError, pa.ArrowException)
+
+
+class _StreamSink:
+    """A write-only file object for a pipe or character device: Parquet writers ask for the
+    position (``tell``), which ``lseek`` cannot give on a pipe, so it is counted here."""
+
+    def __init__(self, path: str | os.PathLike):
+        self._f = open(path, "wb", buffering=0)  # closed by close()
+        self._pos = 0
+        self.closed = False
+
+    def write(self, data) -> int:
+        n = len(memoryview(data).cast("B"))
+        self._f.write(data)
+        self._pos += n
+        return n
+
+    def tell(self) -> int:
+        return self._pos
+
+    def flush(self) -> None:
+        self._f.flush()
+
+    def writable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._f.close()
 
 
 def _schema(dim: int, dtype: str, with_text: bool, with_lang: bool, meta: dict[str, Any]):
@@ -51,12 +97,26 @@ class EmbeddingWriter:
             raise InputError(f"unknown embedding dtype {dtype!r}", hint="use float32 or float16")
         self.dim, self.dtype, self.with_text, self.lang = dim, dtype, with_text, lang
         self.schema = _schema(dim, dtype, with_text, lang is not None, dict(meta or {}))
-        self._writer = pq.ParquetWriter(str(path), self.schema, compression="zstd")
+        self._sink = _StreamSink(path) if is_stream_target(path) else None
+        # page checksums let readers tell flipped bytes from data (verified on read)
+        self._writer = pq.ParquetWriter(
+            self._sink if self._sink is not None else str(path),
+            self.schema,
+            compression="zstd",
+            write_page_checksum=True,
+        )
         self.rows = 0
 
     def write(
         self, ids: np.ndarray, embeddings: np.ndarray, texts: list[str] | None = None
     ) -> None:
+        """Append one chunk as a row group.
+
+        Args:
+            ids: (n,) int64 input line numbers.
+            embeddings: (n, dim) float array, stored as the writer's dtype.
+            texts: n sentences (stored when the writer has a ``text`` column).
+        """
         import pyarrow as pa
 
         n = len(ids)
@@ -80,20 +140,35 @@ class EmbeddingWriter:
         self.rows += n
 
     def write_table(self, table) -> int:
-        """Append a table written by another EmbeddingWriter of the same layout, as one row group."""
+        """Append a table of another EmbeddingWriter of the same layout, as one row group."""
         t = table.replace_schema_metadata(self.schema.metadata).cast(self.schema)
         self._writer.write_table(t, row_group_size=max(t.num_rows, 1))
         self.rows += t.num_rows
         return t.num_rows
 
     def close(self) -> None:
+        """Write the footer and close the file."""
         self._writer.close()
+        if self._sink is not None:
+            self._sink.close()
+
+    def abort(self) -> None:
+        """Close without a valid footer: a pipe reader sees a broken file, not a short one."""
+        if self._sink is not None:
+            self._sink.close()  # the footer write below then fails
+        try:
+            self._writer.close()
+        except Exception:  # the original error is the one to report
+            pass
 
     def __enter__(self) -> EmbeddingWriter:
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
 
 
 @dataclass
@@ -107,31 +182,45 @@ class EmbeddingFile:
 
     @property
     def dim(self) -> int:
+        """Embedding width from the metadata."""
         return int(self.meta["dim"])
 
 
-def open_embeddings(path: str | os.PathLike) -> EmbeddingFile:
-    """Open and validate an embedding Parquet file (one-line error if it is not one)."""
+def _parquet_file(path: Path):
     import pyarrow.parquet as pq
 
+    return pq.ParquetFile(str(path), page_checksum_verification=True)
+
+
+def open_embeddings(path: str | os.PathLike) -> EmbeddingFile:
+    """Open and validate an embedding Parquet file (metadata only; data is read later).
+
+    Raises:
+        InputError: no such file, not a Parquet file, damaged, or without emmax metadata.
+    """
     p = Path(path)
     if not p.exists():
         raise InputError(f"{p}: no such file", hint="check the path")
+    if p.is_dir():
+        raise InputError(f"{p}: is a folder, not an embedding file", hint="pass a .parquet file")
     try:
-        pf = pq.ParquetFile(str(p))
-    except Exception as e:  # pyarrow raises several types for a non-Parquet file
-        raise InputError(
-            f"{p}: not a Parquet file ({str(e).splitlines()[0]})",
-            hint="pass a file written by `emmax embed`",
-        ) from None
-    md = pf.schema_arrow.metadata or {}
-    if META_KEY not in md or "embedding" not in pf.schema_arrow.names:
+        pf = _parquet_file(p)
+        md = pf.schema_arrow.metadata or {}
+        names = pf.schema_arrow.names
+        num_rows = pf.metadata.num_rows
+    except _read_errors() as e:  # pyarrow raises several types for a non-Parquet file
+        raise _unreadable(p, e) from None
+    if META_KEY not in md or "embedding" not in names:
         raise InputError(
             f"{p}: Parquet file without emmax embedding metadata",
             hint="pass a file written by `emmax embed`",
         )
-    meta = json.loads(md[META_KEY])
-    return EmbeddingFile(p, meta, pf.metadata.num_rows, "text" in pf.schema_arrow.names)
+    try:
+        meta = json.loads(md[META_KEY])
+        int(meta["dim"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise _unreadable(p, e) from None
+    return EmbeddingFile(p, meta, num_rows, "text" in names)
 
 
 def iter_embeddings(
@@ -139,30 +228,53 @@ def iter_embeddings(
     batch_rows: int = 65_536,
     columns: tuple[str, ...] = ("id", "embedding"),
 ) -> Iterator[dict[str, Any]]:
-    """Yield batches as dicts: ``id`` int64 array, ``embedding`` float32 (n, d), ``text`` list."""
-    import pyarrow.parquet as pq
+    """Yield batches as dicts: ``id`` int64 array, ``embedding`` float32 (n, d), ``text`` list.
 
+    Raises:
+        InputError: as :func:`open_embeddings`, also for damage found while reading (page
+            checksum, truncated or undecodable data), naming the file.
+    """
     ef = open_embeddings(path)
-    pf = pq.ParquetFile(str(ef.path))
-    cols = [c for c in columns if c in pf.schema_arrow.names]
-    for rb in pf.iter_batches(batch_size=batch_rows, columns=cols):
-        out: dict[str, Any] = {}
-        for name in cols:
-            col = rb.column(name)
-            if name == "embedding":
-                flat = col.values.to_numpy(zero_copy_only=False)
-                out[name] = flat.reshape(len(rb), ef.dim).astype(np.float32, copy=False)
-            elif name == "id":
-                out[name] = col.to_numpy()
-            else:
-                out[name] = col.to_pylist()
+    errors = _read_errors()
+    try:
+        pf = _parquet_file(ef.path)
+        cols = [c for c in columns if c in pf.schema_arrow.names]
+        batches = pf.iter_batches(batch_size=batch_rows, columns=cols)
+    except errors as e:
+        raise _unreadable(ef.path, e) from None
+    while True:
+        try:
+            rb = next(batches, None)
+            if rb is None:
+                return
+            out = _batch_arrays(rb, cols, ef.dim)
+        except errors as e:
+            raise _unreadable(ef.path, e) from None
         yield out
+
+
+def _batch_arrays(rb, cols: list[str], dim: int) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in cols:
+        col = rb.column(name)
+        if name == "embedding":
+            flat = col.values.to_numpy(zero_copy_only=False)
+            out[name] = flat.reshape(len(rb), dim).astype(np.float32, copy=False)
+        elif name == "id":
+            out[name] = col.to_numpy()
+        else:
+            out[name] = col.to_pylist()
+    return out
 
 
 def read_embeddings(
     path: str | os.PathLike, with_text: bool = False, expect_dim: int | None = None
 ) -> tuple[np.ndarray, np.ndarray, list[str] | None, dict[str, Any]]:
-    """Read a whole embedding file: ``(ids, embeddings float32 (n, d), texts or None, meta)``."""
+    """Read a whole embedding file: ``(ids, embeddings float32 (n, d), texts or None, meta)``.
+
+    Raises:
+        InputError: as :func:`iter_embeddings`, or a dimension other than ``expect_dim``.
+    """
     ef = open_embeddings(path)
     if expect_dim is not None and ef.dim != expect_dim:
         raise InputError(

@@ -16,14 +16,19 @@ base, checking that the base weights are the ones the delta was made against."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import ModelLoadError
-from .loading import ModelConfig, ResolvedModel, resolve, save_model_dir, sha256_file
+from ..io.atomic import atomic_dir
+from .config import CONFIG_FILE, ModelConfig, ResolvedModel, sha256_file
+from .modeldir import open_dir, save_model_dir
+from .tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -35,19 +40,14 @@ PROJECTION = "projection.safetensors"
 
 
 def _load_encoder(rm: ResolvedModel):
-    from transformers import AutoModel
-    from transformers.utils import logging as hf_logging
+    from .modeling import load_transformers_model
 
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        return AutoModel.from_pretrained(str(rm.encoder_dir), add_pooling_layer=False)
-    except TypeError:
-        return AutoModel.from_pretrained(str(rm.encoder_dir))
+    return load_transformers_model(rm.encoder_dir)
 
 
 def _as_resolved(m: ResolvedModel | str | os.PathLike) -> ResolvedModel:
-    return m if isinstance(m, ResolvedModel) else resolve(m)
+    """A model directory (built-in names are resolved by the caller: ``loading.resolve``)."""
+    return m if isinstance(m, ResolvedModel) else open_dir(m)
 
 
 def package(
@@ -59,10 +59,24 @@ def package(
     """Write the delta of the trained emmax model ``model_dir`` against ``base``.
 
     Tensors whose largest absolute change is <= ``atol`` are left out (frozen parameters).
-    Returns the delta directory; its size is logged."""
+    Other files already in ``delta_dir`` (model card, evaluation results) are kept. The folder
+    is replaced atomically; its size is logged.
+
+    Args:
+        model_dir: the trained emmax model directory.
+        base: the base model (``ResolvedModel`` or directory) it was trained from.
+        delta_dir: the folder to write.
+        atol: changes up to this are treated as none.
+
+    Returns:
+        ``delta_dir``.
+
+    Raises:
+        ModelLoadError: the model's tensors are not the base's.
+    """
     from safetensors.torch import save_file
 
-    trained_rm, base_rm = resolve(model_dir), _as_resolved(base)
+    trained_rm, base_rm = open_dir(model_dir), _as_resolved(base)
     trained, ref = _load_encoder(trained_rm).state_dict(), _load_encoder(base_rm).state_dict()
     if set(trained) != set(ref):
         raise ModelLoadError(
@@ -75,14 +89,8 @@ def package(
         if d.abs().max() > atol:
             deltas[name] = d.half().contiguous()
     out = Path(delta_dir)
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file(deltas, str(tmp / DELTA_FILE), metadata={"format": "emmax-delta", "dtype": "float16"})
-    for f in (*HEAD_FILES, PROJECTION):
-        if (trained_rm.root / f).exists():
-            shutil.copy2(trained_rm.root / f, tmp / f)
-    cfg = json.loads((trained_rm.root / "emmax.json").read_text(encoding="utf-8"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cfg = json.loads((trained_rm.root / CONFIG_FILE).read_text(encoding="utf-8"))
     for k in ("checksum", "files"):
         cfg.pop(k, None)
     meta = {
@@ -95,21 +103,28 @@ def package(
         "num_parameters": int(sum(v.numel() for v in deltas.values())),
         "model_config": cfg,
     }
-    (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-    if out.is_dir():  # keep what else lives there (model card, evaluation files)
-        for f in out.iterdir():
-            if (tmp / f.name).exists() or f.name in (*HEAD_FILES, PROJECTION):
-                continue
-            if f.is_dir():
-                shutil.copytree(f, tmp / f.name)
-            else:
-                shutil.copy2(f, tmp / f.name)
-    for f in (DELTA_FILE, META_FILE, *HEAD_FILES, PROJECTION):
-        if (tmp / f).exists():
-            (tmp / f).chmod(0o644)  # safetensors writes 0600; the folder ships in the repository
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
-    size = sum(f.stat().st_size for f in out.iterdir())
+    with atomic_dir(out, replace=True) as tmp:
+        meta_ = {"format": "emmax-delta", "dtype": "float16"}
+        save_file(deltas, str(tmp / DELTA_FILE), metadata=meta_)
+        for f in (*HEAD_FILES, PROJECTION):
+            if (trained_rm.root / f).exists():
+                shutil.copy2(trained_rm.root / f, tmp / f)
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        if out.is_dir():  # keep what else lives there (model card, evaluation files)
+            for f in out.iterdir():
+                if (tmp / f.name).exists() or f.name in (*HEAD_FILES, PROJECTION):
+                    continue
+                if f.is_dir():
+                    shutil.copytree(f, tmp / f.name)
+                else:
+                    shutil.copy2(f, tmp / f.name)
+        for f in (DELTA_FILE, META_FILE, *HEAD_FILES, PROJECTION):
+            if (tmp / f).exists():
+                (tmp / f).chmod(
+                    0o644
+                )  # safetensors writes 0600; the folder ships in the repository
+        tmp.chmod(0o755)
+    size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
     log.info(
         "packaged %d tensors (%d parameters) into %s: %.1f MB",
         len(deltas),
@@ -121,6 +136,17 @@ def package(
 
 
 def read_meta(delta_dir: str | os.PathLike) -> dict:
+    """The ``delta.json`` of a delta folder.
+
+    Args:
+        delta_dir: a folder written by ``package``.
+
+    Returns:
+        The metadata (format, base name and checksum, tensors, the model's emmax.json fields).
+
+    Raises:
+        ModelLoadError: unreadable, or a newer format than this emmax reads.
+    """
     p = Path(delta_dir) / META_FILE
     try:
         meta = json.loads(p.read_text(encoding="utf-8"))
@@ -140,21 +166,25 @@ def materialize(
     delta_dir: str | os.PathLike,
     base: ResolvedModel | str | os.PathLike,
     out_dir: str | os.PathLike,
+    extra: dict | None = None,
 ) -> Path:
     """Rebuild the full emmax model directory ``out_dir`` = base + delta (+ GMM head).
 
     Args:
         delta_dir: a folder written by ``package`` (e.g. ``models/emmax-small``).
-        base: the base model (name, directory or ``ResolvedModel``), e.g.
-            ``resolve("multilingual-e5-small")``.
+        base: the base model, a ``ResolvedModel`` or a model directory; for a built-in name
+            pass ``loading.resolve("multilingual-e5-small")``.
         out_dir: where to write the model directory (replaced atomically).
+        extra: more entries for ``emmax.json``'s ``extra``.
+
+    Returns:
+        ``out_dir``.
+
     Raises:
         ModelLoadError: missing files, or a base whose weights differ from the delta's base.
     """
     import torch
     from safetensors.torch import load_file
-
-    from .encoder import load_tokenizer
 
     d = Path(delta_dir)
     meta = read_meta(d)
@@ -182,10 +212,7 @@ def materialize(
             t.copy_((t.float() + delta.float()).to(t.dtype))
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with atomic_dir(out, replace=True) as tmp:
         files = {}
         for f in (*HEAD_FILES, PROJECTION):
             if (d / f).exists():
@@ -200,22 +227,24 @@ def materialize(
             **mc.get("extra", {}),
             "materialized_from": str(d),
             "delta_base": meta["base_model"],
+            **(extra or {}),
         }
         cfg = ModelConfig(**{**mc, "files": files})
         tok = load_tokenizer(base_rm.encoder_dir, int(cfg.max_length))
         save_model_dir(tmp, model, tok, cfg)
-        shutil.rmtree(out, ignore_errors=True)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        tmp.chmod(0o755)
     return out
 
 
 def delta_stamp(delta_dir: str | os.PathLike) -> str:
-    """One sha256 over the files that make up a delta (weights, metadata, head, projection)."""
-    import hashlib
+    """One sha256 over the files that make up a delta (weights, metadata, head, projection).
 
+    Args:
+        delta_dir: a folder written by ``package``.
+
+    Returns:
+        The hex digest.
+    """
     d = Path(delta_dir)
     h = hashlib.sha256()
     for f in (DELTA_FILE, META_FILE, *HEAD_FILES, PROJECTION):
@@ -227,21 +256,32 @@ def delta_stamp(delta_dir: str | os.PathLike) -> str:
 def ensure_materialized(
     delta_dir: str | os.PathLike,
     out_dir: str | os.PathLike,
-    base: ResolvedModel | str | os.PathLike | None = None,
+    base: ResolvedModel | str | os.PathLike | Callable[[], ResolvedModel],
 ) -> ResolvedModel:
-    """The full model for ``delta_dir`` at ``out_dir``, built once (again only when the delta
-    changes: the sha256 of its files is stamped into ``emmax.json``, so a new GMM head or
-    threshold alone also rebuilds it). ``base`` defaults to the delta's recorded base name.
-    This is what a built-in name such as ``emmax-small`` resolves to."""
+    """The full model for ``delta_dir`` at ``out_dir``, built once.
+
+    It is built again only when the delta changes: the sha256 of its files is stamped into
+    ``emmax.json``, so a new GMM head or threshold alone also rebuilds it. This is what a
+    built-in name such as ``emmax-small`` resolves to (``loading.resolve``).
+
+    Args:
+        delta_dir: a folder written by ``package``.
+        out_dir: where the full model lives (a cache folder).
+        base: the base model, a ``ResolvedModel`` or a model directory, or a function that
+            returns it, called only if a rebuild needs the base (``loading`` passes one, so
+            that loading a built model does not resolve and verify the base).
+
+    Returns:
+        The materialised model.
+
+    Raises:
+        ModelLoadError: as ``materialize``, or a damaged materialised model.
+    """
     d, out = Path(delta_dir), Path(out_dir)
     stamp = delta_stamp(d)
-    if (out / "emmax.json").exists():
-        cfg = ModelConfig.from_json(out / "emmax.json")
+    if (out / CONFIG_FILE).exists():
+        cfg = ModelConfig.from_json(out / CONFIG_FILE)
         if cfg.extra.get("delta_sha256") == stamp:
-            return resolve(out)
-    meta = read_meta(d)
-    materialize(d, base if base is not None else meta["base_model"], out)
-    cfg = ModelConfig.from_json(out / "emmax.json")
-    cfg.extra["delta_sha256"] = stamp
-    cfg.save(out / "emmax.json")
-    return resolve(out)
+            return open_dir(out)
+    materialize(d, base() if callable(base) else base, out, extra={"delta_sha256": stamp})
+    return open_dir(out)

@@ -13,35 +13,14 @@ import numpy as np
 
 from ..console import Progress, null_progress
 from ..device import autocast, pick_precision, resolve_device
-from ..errors import ModelLoadError
-from .loading import DEFAULT_MODEL, ModelConfig, ResolvedModel, resolve
+from .config import ModelConfig, ResolvedModel
+from .loading import DEFAULT_MODEL, resolve
 from .pooling import pool
+from .tokenizer import load_tokenizer, pad_id
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BATCH_TOKENS = 8192
-
-
-def load_tokenizer(encoder_dir: Path, max_length: int):
-    """A ``tokenizers.Tokenizer`` from ``tokenizer.json``, or converted from a slow tokenizer."""
-    from tokenizers import Tokenizer
-
-    tj = encoder_dir / "tokenizer.json"
-    try:
-        if tj.exists():
-            tok = Tokenizer.from_file(str(tj))
-        else:
-            from transformers import AutoTokenizer
-
-            tok = AutoTokenizer.from_pretrained(str(encoder_dir), use_fast=True).backend_tokenizer
-    except Exception as e:
-        raise ModelLoadError(
-            f"{encoder_dir}: cannot load the tokenizer ({str(e).splitlines()[0]})",
-            hint="the directory needs tokenizer.json or a sentencepiece model",
-        ) from None
-    tok.no_padding()
-    tok.enable_truncation(max_length)
-    return tok
 
 
 class Encoder:
@@ -49,7 +28,9 @@ class Encoder:
 
     Inputs are sorted by token length and cut into batches of at most ``batch_tokens``
     padded tokens (memory ~ batch_tokens x hidden x layers activations), or ``batch_size``
-    sentences if given; outputs come back in input order."""
+    sentences if given; outputs come back in input order. Inputs longer than the model's
+    ``max_length`` tokens are truncated; ``n_truncated`` counts them (cumulative over calls;
+    set it to 0 to start counting again)."""
 
     def __init__(
         self,
@@ -59,15 +40,34 @@ class Encoder:
         device: str = "cpu",
         precision: str = "auto",
         root: Path | None = None,
+        encoder_dir: Path | None = None,
     ):
-        self.model = model
+        """Wrap a loaded model; most callers use ``Encoder.load``.
+
+        Args:
+            model: a ``modeling.EncoderNet`` or a transformers model, on ``device``.
+            tokenizer: a ``tokenizers.Tokenizer`` that truncates to ``config.max_length``.
+            config: the model's ``emmax.json``.
+            device: a resolved device (``cpu``, ``cuda``, ``cuda:N``).
+            precision: ``auto``, ``fp32``, ``bf16`` or ``fp16`` (``device.pick_precision``).
+            root: the model directory.
+            encoder_dir: the transformers folder (where ``model`` reloads with transformers).
+
+        Raises:
+            EmmaxError: an unknown precision, or fp16 on CPU.
+        """
+        from .modeling import EncoderNet
+
+        self._net = model if isinstance(model, EncoderNet) else None
+        self._hf = None if self._net is not None else model
         self.tokenizer = tokenizer
         self.config = config
         self.device = device
         self.root = root
+        self.encoder_dir = encoder_dir or (Path(root) / "encoder" if root else None)
         self.precision = pick_precision(precision, device)
-        pad = tokenizer.token_to_id("<pad>")
-        self.pad_id = pad if pad is not None else (tokenizer.token_to_id("[PAD]") or 0)
+        self.pad_id = pad_id(tokenizer)
+        self.n_truncated = 0
 
     # ---- construction -------------------------------------------------------------------
     @classmethod
@@ -78,6 +78,21 @@ class Encoder:
         precision: str = "auto",
         verify: bool = True,
     ) -> Encoder:
+        """Load a model by built-in name or directory.
+
+        Args:
+            name_or_path: a built-in name, a model directory, or None for the default.
+            device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+            precision: ``auto``, ``fp32``, ``bf16`` or ``fp16``.
+            verify: check the model's checksums.
+
+        Returns:
+            The encoder, in eval mode, without gradients.
+
+        Raises:
+            ModelLoadError: the model cannot be found or loaded.
+            EmmaxError: an unavailable device or an unknown precision.
+        """
         rm = resolve(name_or_path or DEFAULT_MODEL, verify=verify)
         return cls.from_resolved(rm, device=device, precision=precision)
 
@@ -85,35 +100,76 @@ class Encoder:
     def from_resolved(
         cls, rm: ResolvedModel, device: str = "auto", precision: str = "auto"
     ) -> Encoder:
-        import torch
-        from transformers import AutoModel
-        from transformers.utils import logging as hf_logging
+        """Load the encoder of a resolved model (``loading.resolve``).
+
+        BERT and XLM-R encoders in ``model.safetensors`` run on emmax's own module
+        (``modeling.EncoderNet``, same numbers as transformers, without its ~2.5 s import);
+        others are loaded with transformers.
+
+        Args:
+            rm: the resolved model.
+            device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+            precision: ``auto``, ``fp32``, ``bf16`` or ``fp16``.
+
+        Returns:
+            The encoder.
+
+        Raises:
+            ModelLoadError: the weights or the tokenizer cannot be loaded.
+            EmmaxError: an unavailable device or an unknown precision.
+        """
+        from .modeling import load_net, load_transformers_model
 
         dev = resolve_device(device)
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-        try:
-            model = AutoModel.from_pretrained(str(rm.encoder_dir), add_pooling_layer=False)
-        except TypeError:
-            model = AutoModel.from_pretrained(str(rm.encoder_dir))
-        except Exception as e:
-            raise ModelLoadError(
-                f"{rm.encoder_dir}: cannot load the encoder ({str(e).splitlines()[0]})",
-                hint="pass a BERT/XLM-R transformers directory or an emmax model",
-            ) from None
+        net = load_net(rm.encoder_dir)
+        model = net if net is not None else load_transformers_model(rm.encoder_dir)
         model.eval().to(dev)
         for p in model.parameters():
             p.requires_grad_(False)
         cfg = rm.config
         if not cfg.dim:
-            cfg.dim = int(model.config.hidden_size)
+            cfg.dim = int(net.config_dict["hidden_size"] if net else model.config.hidden_size)
         tok = load_tokenizer(rm.encoder_dir, cfg.max_length)
-        _ = torch
-        return cls(model, tok, cfg, device=dev, precision=precision, root=rm.root)
+        return cls(
+            model,
+            tok,
+            cfg,
+            device=dev,
+            precision=precision,
+            root=rm.root,
+            encoder_dir=rm.encoder_dir,
+        )
+
+    @property
+    def model(self):
+        """The encoder as a transformers model (what training changes and saves).
+
+        When inference runs on ``EncoderNet``, the first access loads the transformers model
+        from the same files onto the encoder's device; from then on ``encode`` runs it too, so
+        changes made to it show in the embeddings.
+        """
+        if self._hf is None:
+            from .modeling import load_transformers_model
+
+            hf = load_transformers_model(self.encoder_dir).to(self.device)
+            for p in hf.parameters():
+                p.requires_grad_(False)
+            self._hf, self._net = hf, None
+        return self._hf
+
+    @model.setter
+    def model(self, model) -> None:
+        """Run ``model`` (a transformers model) from now on.
+
+        Args:
+            model: the replacement, on the encoder's device.
+        """
+        self._hf, self._net = model, None
 
     # ---- properties ---------------------------------------------------------------------
     @property
     def dim(self) -> int:
+        """The embedding width."""
         return int(self.config.dim)
 
     @property
@@ -132,8 +188,18 @@ class Encoder:
 
     # ---- encoding -----------------------------------------------------------------------
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of each text, with the model's prefix, truncated to ``max_length``
+        (counted in ``n_truncated``).
+
+        Args:
+            texts: the sentences.
+
+        Returns:
+            One list of ids per text.
+        """
         p = self.config.prefix
         encs = self.tokenizer.encode_batch([p + t for t in texts] if p else list(texts))
+        self.n_truncated += sum(1 for e in encs if e.overflowing)
         return [e.ids for e in encs]
 
     def _autocast(self):
@@ -155,7 +221,14 @@ class Encoder:
         return out
 
     def forward_ids(self, ids: list[list[int]]):
-        """Run one batch of token-id lists through the model; returns (B, d) float32 tensor."""
+        """Run one batch of token-id lists through the model.
+
+        Args:
+            ids: B lists of token ids (padded here with the tokenizer's pad id).
+
+        Returns:
+            (B, d) float32 tensor of pooled (and normalised, if the model normalises) vectors.
+        """
         import torch
 
         L = max(len(x) for x in ids)
@@ -167,7 +240,10 @@ class Encoder:
         input_ids = torch.from_numpy(arr).to(self.device)
         attn = torch.from_numpy(mask).to(self.device)
         with self._autocast():
-            out = self.model(input_ids=input_ids, attention_mask=attn).last_hidden_state
+            if self._net is not None:
+                out = self._net(input_ids, attn)
+            else:
+                out = self._hf(input_ids=input_ids, attention_mask=attn).last_hidden_state
         return pool(out, attn, self.config.pooling, self.config.normalize)
 
     def encode(
@@ -177,8 +253,17 @@ class Encoder:
         batch_size: int | None = None,
         progress: Progress | None = None,
     ) -> np.ndarray:
-        """Embed sentences; returns (n, dim) float32 in input order (L2-normalised if the
-        model normalises)."""
+        """Embed sentences.
+
+        Args:
+            texts: the sentences.
+            batch_tokens: the most padded tokens per batch (memory bound).
+            batch_size: sentences per batch instead of the token budget.
+            progress: called with the number of sentences done after each batch.
+
+        Returns:
+            (n, dim) float32 in input order, L2-normalised if the model normalises.
+        """
         import torch
 
         progress = progress or null_progress
@@ -195,6 +280,14 @@ class Encoder:
         return out
 
     def encode_iter(self, chunks: Iterable[Sequence[str]], **kw) -> Iterator[np.ndarray]:
-        """Embed an iterable of sentence chunks, yielding one array per chunk (streaming)."""
+        """Embed an iterable of sentence chunks, yielding one array per chunk (streaming).
+
+        Args:
+            chunks: lists of sentences.
+            **kw: as ``encode``.
+
+        Yields:
+            (len(chunk), dim) float32 per chunk.
+        """
         for chunk in chunks:
             yield self.encode(chunk, **kw)

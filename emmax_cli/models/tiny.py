@@ -8,7 +8,8 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
-from .loading import ModelConfig, save_model_dir
+from .config import ModelConfig
+from .modeldir import save_model_dir
 
 SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
 BASE_WORDS = (
@@ -28,7 +29,19 @@ def build_tiny_model(
     vocab_texts: Iterable[str] | None = None,
     max_length: int = 64,
 ) -> Path:
-    """Build a random emmax model directory at ``root`` (deterministic for a seed)."""
+    """Build a random emmax model directory at ``root`` (deterministic for a seed).
+
+    Args:
+        root: the folder to write.
+        seed: the torch seed of the weights.
+        hidden: the hidden width (and embedding dim).
+        layers: the number of transformer layers.
+        vocab_texts: texts whose words join the word-level vocabulary.
+        max_length: the longest token sequence (and position embeddings).
+
+    Returns:
+        ``root``.
+    """
     import torch
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import BertConfig, BertModel
@@ -46,6 +59,8 @@ def build_tiny_model(
     tok.post_processor = processors.TemplateProcessing(
         single="<s> $A </s>", special_tokens=[("<s>", 0), ("</s>", 2)]
     )
+    # special in tokenizer.json too, as in real models: transformers treats them so anyway
+    tok.add_special_tokens(SPECIALS)
     torch.manual_seed(seed)
     cfg = BertConfig(
         vocab_size=len(vocab),

@@ -1,5 +1,6 @@
-"""EMMA-X training (``emmax train``): config, data, momentum queue, losses, the trainer,
-checkpoints and torchrun support. Heavy modules load on first use."""
+"""EMMA-X training (``emmax train``): config, data, momentum queue, losses, the training step,
+seeds, the trainer, checkpoints, the run log, exports and torchrun support. Heavy modules load
+on first use."""
 
 from __future__ import annotations
 
@@ -28,9 +29,24 @@ def train(
     overrides: list[str] | tuple[str, ...] = (),
     on_step=None,
 ) -> dict[str, dict]:
-    """Run the phases of a training config (a TOML path or a ``TrainConfig``); returns the
-    last log record of each phase. ``on_step(phase, step, total, record)`` is called after
-    every step (rank zero). The library function behind ``emmax train``."""
+    """Run the phases of a training config: the library function behind ``emmax train``.
+
+    Args:
+        config: a TOML path or a ``TrainConfig``.
+        phases: the phases to run (default: all with steps, in order).
+        resume: continue from ``<out>/checkpoints`` (exactly: same losses and log).
+        overrides: ``section.key=value`` overrides (with a TOML path only).
+        on_step: called as ``on_step(phase, step, total, record)`` after every step (rank
+            zero), e.g. for a progress bar.
+
+    Returns:
+        The last log record of each phase that ran.
+
+    Raises:
+        ConfigError: a bad config or a missing path (checked before anything is written),
+            a missing previous phase, or nothing to resume.
+        InputError: unusable training data.
+    """
     from .config import TrainConfig, load_config
     from .loop import Trainer
 

@@ -10,8 +10,7 @@
   with a side in that set is dropped while streaming.
 * Under torchrun, rank r of w reads lines i with i % w == r.
 
-The sampler is a deterministic function of (seed, rank, number of batches drawn): resuming
-replays the draws (``skip``) without encoding anything, so the data position is one integer."""
+Batches are drawn by ``sampler.BatchSampler``."""
 
 from __future__ import annotations
 
@@ -20,7 +19,7 @@ import logging
 import os
 import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,12 +32,28 @@ _WS = re.compile(r"\s+")
 
 
 def normalize_line(s: str) -> str:
+    """The form in which sentences are compared with the evaluation sets.
+
+    Args:
+        s: a sentence.
+
+    Returns:
+        ``s`` lowercased, whitespace runs collapsed to one space, stripped.
+    """
     return _WS.sub(" ", s).strip().lower()
 
 
 def eval_sentence_set(dirs: Sequence[str | os.PathLike]) -> set[str]:
-    """Normalised lines of every file under ``dirs`` (evaluation sets). Missing folders are
-    skipped with a warning (the filter then protects only what exists)."""
+    """The normalised lines (and tab-separated fields) of every file under ``dirs``.
+
+    Missing folders are skipped with a warning (the filter then protects only what exists).
+
+    Args:
+        dirs: evaluation-set folders or files (``data.exclude``); ``.md`` files are skipped.
+
+    Returns:
+        The set of ``normalize_line`` forms never to train on.
+    """
     out: set[str] = set()
     for d in dirs:
         p = Path(d)
@@ -61,7 +76,14 @@ def eval_sentence_set(dirs: Sequence[str | os.PathLike]) -> set[str]:
 
 @dataclass
 class Source:
-    """One training file (or aligned file pair) of one language."""
+    """One training file (or aligned file pair) of one language.
+
+    Attributes:
+        lang: the language code (from the file name, or the table's ``lang``).
+        paths: ``(tsv,)``, ``(src, tgt)`` or ``(mono,)``.
+        kind: ``tsv``, ``pair`` or ``mono``.
+        lines: lines counted (up to ``max_lines``); the sampling weight.
+    """
 
     lang: str
     paths: tuple[Path, ...]  # (tsv,) | (src, tgt) | (mono,)
@@ -95,7 +117,20 @@ def _count(path: Path, limit: int) -> int:
 
 
 def find_sources(entries: Sequence, kind: str, max_lines: int = 0) -> list[Source]:
-    """Expand config entries (globs, or ``{src, tgt, lang}`` tables) into sources."""
+    """Expand config entries into sources; empty files are left out.
+
+    Args:
+        entries: globs, or ``{src, tgt, lang}`` tables of line-aligned files.
+        kind: ``tsv`` (parallel TSVs) or ``mono`` for the glob entries.
+        max_lines: count at most this many lines per file (0 = all).
+
+    Returns:
+        The sources with their line counts.
+
+    Raises:
+        ConfigError: a malformed table.
+        InputError: a glob that matches nothing, or a missing file.
+    """
     out = []
     for e in entries:
         if isinstance(e, dict):
@@ -132,8 +167,19 @@ def _read(src: Source, max_lines: int) -> Iterator[tuple[int, tuple[str, ...]]]:
             yield i, tuple(line.split("\t")[:2]) if src.kind == "tsv" else (line,)
 
 
-class _Stream:
-    """Endless shuffled stream of one source (this rank's shard, eval lines removed)."""
+class SourceStream:
+    """Endless shuffled stream of one source: this rank's shard, banned lines removed, the
+    file restarted at its end.
+
+    Args:
+        src: the source.
+        rng: the sampler's generator (shared by all streams, so the draws are one sequence).
+        buffer: shuffle buffer size.
+        max_lines: read at most this many lines of the file (0 = all).
+        banned: normalised sentences to drop.
+        rank: this process's rank; it reads lines i with i % world == rank.
+        world: the number of processes.
+    """
 
     def __init__(
         self,
@@ -172,6 +218,14 @@ class _Stream:
                 )
 
     def next(self) -> tuple[str, ...]:
+        """Draw the next line.
+
+        Returns:
+            Its fields: ``(xx, eng)`` for parallel sources, ``(sentence,)`` for monolingual.
+
+        Raises:
+            InputError: the file has no usable line for this rank.
+        """
         while len(self.buf) < self.size:
             self.buf.append(next(self.it))
         j = int(self.rng.integers(len(self.buf)))
@@ -179,106 +233,23 @@ class _Stream:
         return item
 
 
-@dataclass
-class Batch:
-    """Sentences of one micro-batch: ``texts`` = [xx_1..xx_P ; eng_1..eng_P ; mono_1..mono_M].
-    Row i < 2P has its translation at (i + P) mod 2P; mono rows have none."""
-
-    texts: list[str]
-    num_pairs: int
-    langs: list[str] = field(default_factory=list)
-
-    @property
-    def num_mono(self) -> int:
-        return len(self.texts) - 2 * self.num_pairs
-
-
-class _LangSampler:
-    def __init__(self, sources: list[Source], alpha: float, rng: np.random.Generator, make_stream):
-        self.langs = sorted({s.lang for s in sources})
-        sizes = np.array(
-            [sum(s.lines for s in sources if s.lang == lang) for lang in self.langs], float
-        )
-        p = sizes**alpha
-        self.p = p / p.sum()
-        self.rng = rng
-        self.by_lang = []
-        for lang in self.langs:
-            group = [s for s in sources if s.lang == lang]
-            w = np.array([s.lines for s in group], float)
-            self.by_lang.append(([make_stream(s) for s in group], w / w.sum()))
-
-    def draw(self, n: int) -> list[tuple[str, tuple[str, ...]]]:
-        out = []
-        for li in self.rng.choice(len(self.langs), size=n, p=self.p):
-            streams, w = self.by_lang[li]
-            s = streams[int(self.rng.choice(len(streams), p=w))] if len(streams) > 1 else streams[0]
-            out.append((self.langs[li], s.next()))
-        return out
-
-
-class BatchSampler:
-    """Endless micro-batches of ``num_pairs`` parallel pairs plus ``num_mono`` monolingual
-    sentences; deterministic for (seed, rank)."""
-
-    def __init__(
-        self,
-        parallel: list[Source],
-        mono: list[Source],
-        num_pairs: int,
-        num_mono: int,
-        alpha: float = 0.3,
-        seed: int = 0,
-        rank: int = 0,
-        world: int = 1,
-        banned: set[str] | None = None,
-        shuffle_buffer: int = 2048,
-        max_lines: int = 0,
-    ):
-        if num_mono and not mono:
-            raise ConfigError(
-                "monolingual sentences requested but data.mono is empty",
-                hint="list mono files or set data.mono_ratio = 0",
-            )
-        self.rng = np.random.default_rng([seed, rank, 7919])
-        banned = banned or set()
-
-        def make(s: Source) -> _Stream:
-            return _Stream(s, self.rng, shuffle_buffer, max_lines, banned, rank, world)
-
-        self.num_pairs, self.num_mono = num_pairs, num_mono
-        self.par = _LangSampler(parallel, alpha, self.rng, make)
-        self.mono = _LangSampler(mono, alpha, self.rng, make) if num_mono else None
-        self.drawn = 0
-
-    def next(self) -> Batch:
-        pairs = self.par.draw(self.num_pairs)
-        texts = [f[0] for _, f in pairs] + [f[1] for _, f in pairs]
-        langs = [lang for lang, _ in pairs] + ["eng"] * len(pairs)
-        if self.mono is not None:
-            mono = self.mono.draw(self.num_mono)
-            texts += [f[0] for _, f in mono]
-            langs += [lang for lang, _ in mono]
-        self.drawn += 1
-        return Batch(texts, self.num_pairs, langs)
-
-    def skip(self, n: int) -> None:
-        """Replay ``n`` draws (resume): same RNG and stream state as after drawing them."""
-        for _ in range(n):
-            self.next()
-
-    def dropped(self) -> int:
-        streams = [s for ss, _ in self.par.by_lang for s in ss]
-        if self.mono is not None:
-            streams += [s for ss, _ in self.mono.by_lang for s in ss]
-        return sum(s.dropped for s in streams)
-
-
 def read_pairs(
     paths: Sequence[str | os.PathLike], n: int, seed: int = 0, banned: set[str] | None = None
 ) -> tuple[list[str], list[str], list[str]]:
-    """Up to ``n`` pairs spread evenly over TSV ``paths`` (globs allowed): (xx, eng, langs).
-    Used for the dev set and the GMM warm-up sample."""
+    """Up to ``n`` pairs spread evenly over TSV files (the dev set).
+
+    Args:
+        paths: TSV files or globs.
+        n: the number of pairs wanted.
+        seed: which pairs are drawn.
+        banned: normalised sentences to skip (evaluation sets).
+
+    Returns:
+        ``(xx, eng, langs)``: parallel lists.
+
+    Raises:
+        InputError: a glob matches no file.
+    """
     files = [p for pat in paths for p in _expand(str(pat))]
     rng = np.random.default_rng(seed)
     per = max(1, -(-n // max(1, len(files))))

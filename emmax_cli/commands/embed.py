@@ -1,0 +1,75 @@
+"""``emmax embed``: text -> embedding Parquet, a thin call to ``embed.embed_files``."""
+
+from __future__ import annotations
+
+import click
+
+from .options import (
+    batch_tokens_option,
+    chunk_lines_option,
+    compose,
+    device_option,
+    force_option,
+    model_option,
+    precision_option,
+    progress_factory,
+    quiet_option,
+)
+
+
+@click.command("embed")
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(allow_dash=True, dir_okay=False))
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(allow_dash=False),
+    help="Output Parquet file (one input) or folder (several inputs). "
+    "Default: beside each input, corpus.txt -> corpus.parquet.",
+)
+@model_option()
+@click.option("--lang", default=None, help="Language code stored in the `lang` column (e.g. de).")
+@click.option("--no-text", is_flag=True, help="Do not store the sentences in the `text` column.")
+@click.option(
+    "--dtype",
+    type=click.Choice(["float32", "float16"]),
+    default="float32",
+    show_default=True,
+    help="Stored embedding type; float16 halves the file.",
+)
+@compose(device_option(), precision_option(), batch_tokens_option())
+@chunk_lines_option("Lines read, length-sorted and written per row group; bounds memory.")
+@click.option(
+    "--on-bad-line",
+    type=click.Choice(["error", "skip", "replace"]),
+    default="error",
+    show_default=True,
+    help="A line that cannot be decoded: stop, skip it (listed on stderr), "
+    "or replace bad bytes with U+FFFD.",
+)
+@click.option("--encoding", default="utf-8", show_default=True, help="Input text encoding.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run of the same command.")
+@force_option
+@quiet_option
+@click.pass_context
+def command(ctx: click.Context, inputs, output, no_text, quiet, **opts) -> None:
+    """Embed sentences (one per line; `-` for stdin; .gz read transparently) into Parquet.
+
+    Every input line yields one row: `id` (0-based line number), `text`, `lang` and
+    `embedding` (fixed-size list of float32/float16, L2-normalised). The file appears
+    atomically; an interrupted run leaves no output and can be continued with --resume.
+
+    \b
+    Examples:
+      emmax embed corpus.de.txt --lang de                 # -> corpus.de.parquet
+      emmax embed a.txt b.txt.gz -o embeddings/           # several inputs -> a folder
+      cat sentences.txt | emmax embed - -o out.parquet
+    """
+    from ..embed import embed_files
+
+    embed_files(
+        list(inputs),
+        output,
+        with_text=not no_text,
+        progress=progress_factory(ctx, quiet),
+        **opts,
+    )
