@@ -164,7 +164,10 @@ def main() -> int:
         Path(args.json).write_text(
             _json.dumps(
                 {
-                    "title": f"Mining {args.n:,} x {args.n:,} (dim {args.dim}, k={args.k}, ratio margin, max retrieval)",
+                    "title": (
+                        f"Mining {args.n:,} x {args.n:,} (dim {args.dim}, k={args.k}, "
+                        "ratio margin, max retrieval)"
+                    ),
                     "machine": machine(),
                     "columns": [
                         "implementation",
@@ -191,7 +194,8 @@ def main() -> int:
                     ],
                     "notes": (
                         f"Speedup: margins + retrieval {laser_post_s / emmax_post_s:.0f}x, total "
-                        f"{laser_total / emmax_total_s:.2f}x (both use exact FAISS kNN, which dominates). "
+                        f"{laser_total / emmax_total_s:.2f}x "
+                        "(both use exact FAISS kNN, which dominates). "
                         f"Identical pairs: {'yes' if identical else 'NO'}. Peak RSS {peak:.0f} MiB."
                     ),
                 },

@@ -141,7 +141,8 @@ def gmm(model: str, dev: str | None, out: str | None, n_flores: int = 100) -> di
             }
         report["sets"][name] = r
         print(
-            f"{name}: top rank for true pairs {100 * r['true_top_rank']:.1f}%, rank 0 for random pairs "
+            f"{name}: top rank for true pairs {100 * r['true_top_rank']:.1f}%, "
+            f"rank 0 for random pairs "
             f"{100 * r['random_rank0']:.1f}%, expected rank replace "
             + " ".join(f"{c['mean_expected_rank']:.2f}" for c in r["partial"]["replace"]["curve"])
             + f" (monotonic: {r['partial']['replace']['monotonic']}), drop "
