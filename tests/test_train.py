@@ -18,6 +18,21 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
 TINY = REPO / "configs" / "train" / "tiny.toml"
 
+# the issue-9 features on the tiny recipe (configs/emmax-small-v2.toml's switches)
+V2 = [
+    "run.sub_batches=3",
+    'run.key_precision="auto"',
+    'run.trunk_precision="auto"',
+    "run.queue_size=64",
+    'loss.level_norm="all"',
+    "loss.related_filter=true",
+    'loss.top_positives="dup_mnn"',
+    "loss.gmm_calibrate=true",
+    "loss.label_smoothing=0.05",
+    "loss.class_weight_cap=3.0",
+    "optim.em_continue=true",
+]
+
 needs_data = pytest.mark.skipif(
     not (SHARED / "train").exists(), reason="../shared/data is not available"
 )
@@ -65,14 +80,10 @@ def tiny_run(vocab_model, tmp_path_factory):
     os.chdir(REPO)
     try:
         tr = Trainer(tiny_cfg(vocab_model, out))
-        import time
-
-        t0 = time.perf_counter()
         results = tr.run()
-        seconds = time.perf_counter() - t0
     finally:
         os.chdir(old)
-    return out, tr.history, results, seconds
+    return out, tr.history, results
 
 
 # ---- config -------------------------------------------------------------------------------------
@@ -249,9 +260,11 @@ def test_data_filters_eval_lines_and_is_deterministic(tmp_path):
     for i in range(4):  # two-halves layout: row i translates row i + P
         assert b.texts[i].split()[-1] == b.texts[i + 4].split()[-1]
     assert {"deu", "fra"} <= {lang for b in batches for lang in b.langs}
+    assert a.distinct_pairs() == 25  # 120 draws: every usable pair (20 deu + 5 fra) seen
     c = sampler()
     c.skip(29)
     assert c.next().texts == batches[29].texts  # replay = resume position
+    assert c.distinct_pairs() == 25
     sharded = BatchSampler(srcs, [], 4, 0, seed=1, rank=1, world=2, banned=banned)
     nums = {int(t.split()[-1]) for _ in range(20) for t in sharded.next().texts}
     assert nums <= {i for i in range(20) if i % 2 == 1}  # rank 1 of 2 reads odd lines
@@ -263,8 +276,7 @@ def test_tiny_three_phases(tiny_run):
     from emmax_cli.models.encoder import Encoder
     from emmax_cli.models.gmm import GMMHead
 
-    out, history, results, seconds = tiny_run
-    assert seconds < 60, f"tiny run took {seconds:.0f}s"
+    out, history, results = tiny_run
     assert set(results) == {"ctl", "gmm", "em"}
     ctl = [r["loss_ctl"] for r in history if r["phase"] == "ctl"]
     assert sum(ctl[-4:]) / 4 < sum(ctl[:4]) / 4, ctl  # the encoder's loss falls
@@ -283,20 +295,27 @@ def test_tiny_three_phases(tiny_run):
 
 
 @needs_data
-@pytest.mark.parametrize("phase", ["ctl", "em"])
-def test_resume_is_exact(phase, tiny_run, vocab_model, tmp_path, monkeypatch):
-    """N steps straight == N/2 steps, a crash, --resume, the rest: identical losses."""
+@pytest.mark.parametrize("variant", ["ctl", "em", "ctl-v2", "em-v2"])
+def test_resume_is_exact(variant, tiny_run, vocab_model, tmp_path, monkeypatch):
+    """N steps straight == N/2 steps, a crash, --resume, the rest: identical losses (also with
+    the issue-9 features on: sub-batches, bf16 no-grad forwards where native, the fixed EM,
+    em continuing ctl's optimiser, per-level gradient norms)."""
     import shutil
 
     from emmax_cli.train.loop import Trainer
 
     monkeypatch.chdir(REPO)
     src, *_ = tiny_run
+    phase = variant.split("-")[0]
     steps = ["phases.ctl_steps=8", "phases.em_steps=8", "run.save_every=4", "run.eval_every=100"]
+    if variant.endswith("v2"):
+        steps += [*V2, "run.level_grad_every=2"]
 
     def run(out: Path, crash_at=None, resume=False):
         if phase == "em" and not (out / "gmm").exists():
             shutil.copytree(src / "gmm", out / "gmm")
+            if variant == "em-v2":
+                shutil.copytree(src / "checkpoints" / "ctl", out / "checkpoints" / "ctl")
         tr = Trainer(tiny_cfg(vocab_model, out, *steps), crash_at=crash_at)
         try:
             tr.run([phase], resume=resume)
@@ -614,3 +633,263 @@ def test_cli_train_ctl_and_errors(vocab_model, tmp_path, monkeypatch):
         cli, ["train", "--config", str(TINY), "--resume", "--out", str(tmp_path / "y")]
     )
     assert r.exit_code == 1 and "no checkpoint" in r.stderr
+
+
+# ---- issue 9: faster step -----------------------------------------------------------------------
+def test_length_buckets_partition_and_padding():
+    import numpy as np
+
+    from emmax_cli.train.encoding import length_buckets
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(4, 49, 128)
+    assert length_buckets(lengths, 1)[0].tolist() == list(range(128))  # one group: batch order
+    padded = [128 * lengths.max()]
+    for k in (2, 4, 6):
+        groups = length_buckets(lengths, k)
+        assert 1 < len(groups) <= k
+        assert sorted(np.concatenate(groups).tolist()) == list(range(128))  # each row once
+        assert all(lengths[g].tolist() == sorted(lengths[g].tolist()) for g in groups)
+        assert max(lengths[groups[0]]) <= min(lengths[groups[-1]])  # shortest first
+        padded.append(sum(len(g) * lengths[g].max() for g in groups))
+    assert padded == sorted(padded, reverse=True) and padded[-1] < 0.8 * padded[0]
+    assert len(length_buckets([7, 7, 7], 4)) == 1  # equal lengths: no point in cutting
+
+
+def test_key_precision_auto_follows_the_cpu(monkeypatch):
+    import importlib
+
+    E = importlib.import_module("emmax_cli.train.encoding")
+
+    monkeypatch.setattr(E, "cpu_has_bf16", lambda: False)
+    assert E.key_precision("auto", "fp32", "cpu") == "fp32"  # AVX2 only: bf16 is ~7x slower
+    monkeypatch.setattr(E, "cpu_has_bf16", lambda: True)
+    assert E.key_precision("auto", "fp32", "cpu") == "bf16"
+    assert E.key_precision("same", "fp32", "cpu") == "fp32"
+    assert E.key_precision("fp32", "bf16", "cpu") == "fp32"
+
+
+@needs_data
+def test_sub_batches_change_only_summation_order(vocab_model, tmp_path, monkeypatch):
+    """Dropout off: the loss and the vectors of sub-batched steps equal the single padded
+    batch's to float rounding (pooling is per sentence, padding is masked)."""
+    from emmax_cli.train.encoding import query_key, tokenize
+    from emmax_cli.train.loop import Trainer
+    from emmax_cli.train.step import forward_loss
+
+    monkeypatch.chdir(REPO)
+    out = {}
+    for n in (1, 4):
+        tr = Trainer(tiny_cfg(vocab_model, tmp_path / str(n), f"run.sub_batches={n}"))
+        tr.setup("ctl")
+        tr.enc.top.train(False)
+        batch = tr.sampler.next()
+        eb = tokenize(tr, batch.texts)
+        assert len(eb.groups) == min(n, len(eb.groups)) and sum(map(len, eb.groups)) == 32
+        q, k = query_key(tr, eb)
+        loss, _, _ = forward_loss(tr, batch)
+        out[n] = (q.detach(), k, float(loss.detach()))
+    assert len(tokenize(tr, batch.texts).groups) > 1
+    assert torch.allclose(out[1][0], out[4][0], atol=1e-5)
+    assert torch.allclose(out[1][1], out[4][1], atol=1e-5)
+    assert out[1][2] == pytest.approx(out[4][2], rel=1e-5)
+
+
+# ---- issue 9: the EM fixes ----------------------------------------------------------------------
+def test_level_norm_all_rows_hand_made():
+    """Level 1 has a positive in one row of three, level 3 in every row: "present" averages
+    each level over its rows (level 1 weighs as much as level 3), "all" divides by B = 3."""
+    from emmax_cli.train.losses import ranking_infonce, ranking_levels
+
+    S = torch.tensor([[0.9, 0.6, 0.2, 0.1], [0.8, 0.3, 0.7, 0.1], [0.2, 0.1, 0.5, 0.9]])
+    labels = torch.tensor([[3, 1, 0, 0], [0, 0, 3, 0], [0, 0, 0, 3]])
+    exclude = torch.zeros(3, 4, dtype=torch.bool)
+    taus = [0.1, 0.1, 0.1]
+    l1 = -(torch.tensor([0.6, 0.2, 0.1]) / 0.1).log_softmax(0)[0]  # row 0: {1} vs {1, 2, 3}
+    l3 = [
+        -(S[0] / 0.1).log_softmax(0)[0],
+        -(S[1] / 0.1).log_softmax(0)[2],
+        -(S[2] / 0.1).log_softmax(0)[3],
+    ]
+    present, rows = ranking_infonce(S, labels, exclude, taus)
+    assert rows == {1: 1, 3: 3}
+    assert present.item() == pytest.approx((l1 + sum(l3) / 3).item(), rel=1e-5)
+    all_rows, _ = ranking_infonce(S, labels, exclude, taus, level_norm="all")
+    assert all_rows.item() == pytest.approx((l1 / 3 + sum(l3) / 3).item(), rel=1e-5)
+    terms, _ = ranking_levels(S, labels, exclude, taus, level_norm="all", level_weights=[0.5, 1, 1])
+    assert terms[1].item() == pytest.approx(0.5 * l1.item() / 3, rel=1e-5)
+
+
+def test_lower_weight_zero_gives_no_gradient_from_lower_levels():
+    """C0: levels 1..N-2 weighted 0 are not computed, so their gradient is exactly 0."""
+    from emmax_cli.train.losses import ranking_levels
+
+    g = torch.Generator().manual_seed(1)
+    S = (torch.rand(6, 9, generator=g) * 2 - 1).requires_grad_(True)
+    labels = torch.randint(0, 4, (6, 9), generator=g)
+    labels[torch.arange(6), torch.arange(6) + 1] = 3
+    exclude = torch.zeros(6, 9, dtype=torch.bool)
+    taus = [0.08, 0.06, 0.04]
+    terms, rows = ranking_levels(S, labels, exclude, taus, level_weights=[0.0, 0.0, 1.0])
+    assert set(terms) == {3} and {1, 2} <= set(rows)  # rows still counted for the log
+    (g_c0,) = torch.autograd.grad(sum(terms.values()), S)
+    top_only = labels.masked_fill((labels == 1) | (labels == 2), 0)  # level 3 alone
+    t3, _ = ranking_levels(S, top_only, exclude, taus)
+    (g_top,) = torch.autograd.grad(t3[3], S)
+    assert torch.equal(g_c0, g_top)
+    full, _ = ranking_levels(S, labels, exclude, taus)
+    (g_full,) = torch.autograd.grad(sum(full.values()), S)
+    assert not torch.allclose(g_full, g_top)  # the lower levels do move S when weighted
+
+
+def test_related_filter_hand_made():
+    """Levels 1..N-2 pass only cross-lingual, confident and above their rank's mean; rank 0 and
+    the top rank are not judged."""
+    from emmax_cli.train.em import related_positives
+
+    rank_means = torch.tensor([0.1, 0.4, 0.6, 0.9])
+    lang_q = torch.tensor([0, 1])
+    lang_c = torch.tensor([0, 1, 0, 2, -1])  # candidate 4: language unknown (queue)
+    sim = torch.tensor([[1.0, 0.5, 0.5, 0.3, 0.5], [0.5, 1.0, 0.7, 0.65, 0.7]])
+    labels = torch.tensor([[3, 1, 1, 1, 1], [1, 3, 2, 2, 2]])
+    conf = torch.tensor([[1.0, 0.95, 0.95, 0.95, 0.95], [0.95, 1.0, 0.95, 0.5, 0.95]])
+    ok = related_positives(sim, labels, conf, rank_means, lang_q, lang_c, 0.9)
+    expect = torch.tensor(
+        [
+            # (0,0) top rank; (0,1) passes; (0,2) same language; (0,3) 0.3 < mean 0.4;
+            # (0,4) unknown language
+            [True, True, False, False, False],
+            # (1,0) passes; (1,1) top; (1,2) passes (0.7 > 0.6); (1,3) P_G 0.5 < 0.9;
+            # (1,4) unknown language
+            [True, True, True, False, False],
+        ]
+    )
+    assert torch.equal(ok, expect)
+
+
+def test_duplicates_and_mutual_neighbours():
+    from emmax_cli.train.em import duplicate_pairs, mutual_neighbours
+    from emmax_cli.train.sampler import Batch
+
+    # pairs 0 and 2 share their English side: deu_0, fra_2, and both English rows are one group
+    texts = [
+        "hallo welt",
+        "guten tag",
+        "bonjour le monde",
+        "Hello  world",
+        "good day",
+        "hello world",
+    ]
+    dup = duplicate_pairs(Batch(texts, 3, ["deu", "deu", "fra", "eng", "eng", "eng"]), 8, "cpu")
+    groups = [{0, 2, 3, 5}, {1, 4}]  # the translation pair 1-4 is its own group
+    for b in range(6):
+        for j in range(8):
+            same = any({b, j} <= g for g in groups)
+            assert bool(dup[b, j]) == (b != j and j < 6 and same), (b, j)
+    sim = torch.tensor(
+        [
+            [1.0, 0.9, 0.2, 0.1],
+            [0.9, 1.0, 0.3, 0.8],
+            [0.2, 0.3, 1.0, 0.6],
+            [0.1, 0.8, 0.6, 1.0],
+        ]
+    )
+    blocked = torch.eye(4, dtype=torch.bool)
+    mnn = mutual_neighbours(sim, blocked)
+    # 0 <-> 1 mutual; 2 -> 3 but 3 -> 1: not mutual
+    assert mnn.nonzero().tolist() == [[0, 1], [1, 0]]
+    blocked[0, 1] = blocked[1, 0] = True  # e.g. a translation pair: not a neighbour candidate
+    assert mutual_neighbours(sim, blocked).nonzero().tolist() == [[1, 3], [3, 1]]
+
+
+def test_gmm_cross_entropy_calibrated():
+    """Smoothing spread in proportion to the label frequencies; weights (f_max/f_c)^0.5, capped."""
+    from emmax_cli.train.losses import gmm_cross_entropy
+
+    freq = torch.tensor([0.9, 0.06, 0.01, 0.03])
+    lj = torch.log(torch.tensor([[0.7, 0.1, 0.1, 0.1], [0.1, 0.1, 0.1, 0.7]]))
+    t = torch.tensor([0, 3])
+    eps = 0.1
+    soft0 = [1 - eps, eps * 0.6, eps * 0.1, eps * 0.3]  # others 0.06 : 0.01 : 0.03
+    soft3 = [eps * 0.9 / 0.97, eps * 0.06 / 0.97, eps * 0.01 / 0.97, 1 - eps]
+    logp = torch.log_softmax(lj, -1)
+    per = [-(torch.tensor(s) * logp[i]).sum() for i, s in enumerate([soft0, soft3])]
+    w = [1.0, min(3.0, (0.9 / 0.03) ** 0.5)]
+    ref = (w[0] * per[0] + w[1] * per[1]) / (w[0] + w[1])
+    got = gmm_cross_entropy(lj, t, eps, 3.0, freq=freq)
+    assert got.item() == pytest.approx(ref.item(), rel=1e-5)
+
+
+def test_level_grad_norms_and_rate_limited_warning(caplog):
+    from types import SimpleNamespace
+
+    from emmax_cli.train.config import TrainConfig
+    from emmax_cli.train.step import level_grad_norms
+
+    cfg = TrainConfig()
+    cfg.run.level_grad_warn_every = 10
+    w = torch.nn.Parameter(torch.ones(3))
+    tr = SimpleNamespace(cfg=cfg, N=4, phase="em", step=0)
+    levels = {1: (4.0 * w).sum(), 3: w.sum()}
+    with caplog.at_level("WARNING", logger="emmax_cli.train.step"):
+        for step in range(12):
+            tr.step = step
+            out = level_grad_norms(tr, levels, [w])
+    assert out == pytest.approx(
+        {"grad_norm_level1": 4 * 3**0.5, "grad_norm_level2": 0.0, "grad_norm_level3": 3**0.5}
+    )
+    warned = [
+        r for r in caplog.records if "outweigh" in r.getMessage() or "steer" in r.getMessage()
+    ]
+    assert len(warned) == 2  # steps 1 and 11: at most once per 10 steps
+    assert w.grad is None  # measuring does not touch the gradients of the step
+
+
+def test_queue_keeps_entry_languages_and_loads_old_state():
+    from emmax_cli.train.queue import MomentumQueue, lang_ids
+
+    mq = MomentumQueue(torch.nn.Linear(2, 2), dim=2, size=3)
+    ids = lang_ids(["deu", "eng", "deu", ""])
+    assert ids[0] == ids[2] != ids[1] and ids[3] == -1
+    assert torch.equal(lang_ids(["deu"]), lang_ids(["deu"]))  # stable across calls/processes
+    mq.enqueue(torch.ones(2, 2), ids[:2])
+    mq.enqueue(torch.ones(2, 2))  # languages unknown
+    assert mq.entry_langs().tolist() == [-1, int(ids[1]), -1]
+    old = {k: v for k, v in mq.state_dict().items() if k != "lang"}  # pre-issue-9 checkpoint
+    mq2 = MomentumQueue(torch.nn.Linear(2, 2), dim=2, size=3)
+    mq2.load_state_dict(old)
+    assert mq2.entry_langs().tolist() == [-1, -1, -1]
+
+
+@needs_data
+def test_em_v2_logs_level_norms_c0_and_continues_ctl(tiny_run, vocab_model, tmp_path, monkeypatch):
+    """The fixed EM on the tiny model: per-level gradient norms in the log, C0's lower levels
+    at 0, em starting from ctl's AdamW state without a warm-up; arm A leaves the GMM as it was."""
+    import shutil
+
+    from emmax_cli.models.gmm import GMMHead
+    from emmax_cli.train.loop import Trainer
+
+    monkeypatch.chdir(REPO)
+    src, *_ = tiny_run
+    v2 = [*V2, "run.level_grad_every=1", "phases.em_steps=3"]
+    logs = {}
+    arms = (("C", []), ("C0", ["loss.lower_weight=0.0"]), ("A", ["loss.em_labels=false"]))
+    for arm, extra in arms:
+        out = tmp_path / arm
+        for d in ("ctl", "gmm", "checkpoints/ctl"):
+            shutil.copytree(src / d, out / d)
+        tr = Trainer(tiny_cfg(vocab_model, out, *v2, *extra))
+        tr.setup("em")
+        assert tr.warmup == 0 and tr.opt.state  # ctl's AdamW moments, no second warm-up
+        steps = {int(s["step"]) for s in tr.opt.state_dict()["state"].values()}
+        assert steps == {16}  # ctl ran 16 steps
+        tr.train()
+        logs[arm] = [r for r in tr.history if r["phase"] == "em"]
+    head = GMMHead.from_dir(src / "gmm", dim=32).state_dict()
+    assert all(torch.equal(v, head[k]) for k, v in tr.gmm.state_dict().items())  # A: GMM rests
+    assert all("loss_gmm" not in r and r["grad_norm_level1"] == 0.0 for r in logs.pop("A"))
+    for recs in logs.values():
+        assert all({f"grad_norm_level{r}" for r in (1, 2, 3)} <= set(rec) for rec in recs)
+        assert all(rec["grad_norm_level3"] > 0 and len(rec["label_freq"]) == 4 for rec in recs)
+    assert all(rec["grad_norm_level1"] == rec["grad_norm_level2"] == 0.0 for rec in logs["C0"])

@@ -193,11 +193,12 @@ class SourceStream:
     ):
         self.src, self.rng, self.size = src, rng, max(1, buffer)
         self.max_lines, self.banned, self.rank, self.world = max_lines, banned, rank, world
-        self.buf: list[tuple[str, ...]] = []
+        self.buf: list[tuple[int, tuple[str, ...]]] = []
         self.it = self._lines()
         self.dropped = 0
+        self.seen: set[int] = set()  # line numbers drawn so far (distinct lines seen)
 
-    def _lines(self) -> Iterator[tuple[str, ...]]:
+    def _lines(self) -> Iterator[tuple[int, tuple[str, ...]]]:
         want = 2 if self.src.kind in ("tsv", "pair") else 1
         while True:
             n = 0
@@ -210,7 +211,7 @@ class SourceStream:
                     self.dropped += 1
                     continue
                 n += 1
-                yield fields
+                yield i, fields
             if n == 0:
                 raise InputError(
                     f"{self.src.paths[0]}: no usable lines for rank {self.rank}",
@@ -229,7 +230,8 @@ class SourceStream:
         while len(self.buf) < self.size:
             self.buf.append(next(self.it))
         j = int(self.rng.integers(len(self.buf)))
-        item, self.buf[j] = self.buf[j], next(self.it)
+        (line, item), self.buf[j] = self.buf[j], next(self.it)
+        self.seen.add(line)
         return item
 
 

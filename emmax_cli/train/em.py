@@ -14,6 +14,8 @@ smoothing and batch-frequency class weights. The fixed EM (arm C, ``configs/emma
   multi-way duplicates of the batch (two pairs with the same English side: their sentences are
   translations of each other, which ctl treats as negatives) and the mutual nearest neighbours
   in the batch that the GMM calls translations (finding 5: its top-rank calls are precise).
+* ``em_labels = false``: ablation arm A, ctl's labels (translations, and the duplicates with
+  ``dup_mnn``) on the same em batches; the GMM is neither used nor trained.
 * ``gmm_calibrate``: the GMM's prior is replaced by running label frequencies (an EMA of the
   encoder's ranks, the GMM's targets), its smoothing is spread by those frequencies and its
   class weights come from them, capped (finding 4). The head's own prior is not trained in em,
@@ -193,9 +195,14 @@ def em_terms(
     """
     lo, N = cfg.loss, cfg.loss.num_ranks
     fixed_top = lo.top_positives == "dup_mnn"
+    dup = duplicate_pairs(batch, S.shape[1], S.device) if fixed_top else None
+    if not lo.em_labels:  # arm A: ctl's labels on the em batches; the GMM rests
+        labels = (golden if dup is None else golden | dup).long() * (N - 1)
+        levels, rows = ranking_levels(S, labels, exclude, cfg.taus(), None, lo.level_norm)
+        stats["pos_rows"] = rows
+        return levels, S.new_zeros((), dtype=torch.float32)
     with torch.no_grad():
         sim = S.detach()
-        dup = duplicate_pairs(batch, S.shape[1], S.device) if fixed_top else None
         c_m = gmm.rank_from_similarity(sim).clone()  # encoder's ranks -> GMM targets
         c_m[golden | exclude] = N - 1
         if dup is not None:
@@ -204,7 +211,7 @@ def em_terms(
     freq = None
     if lo.gmm_calibrate:
         freq = em_state.update(c_m[~exclude], lo.label_freq_rate)
-        # replace the learned prior by the label frequencies (its gradient cancels exactly)
+        # the prior is the label frequencies (the head's own prior is frozen in em: Trainer)
         lj = lj - torch.log_softmax(gmm.prior_logits.float(), 0) + freq.log()
     with torch.no_grad():
         labels, ok = _labels(cfg, gmm, sim, lj, c_m, exclude, golden, dup, batch, lang_c, stats)

@@ -20,12 +20,13 @@ their gradient and the optimiser stay in the run's precision."""
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..device import autocast, cpu_has_bf16
 from .queue import pad_batch
@@ -168,6 +169,55 @@ def tokenize(tr: StepHost, texts: list[str]) -> EncodedBatch:
     return EncodedBatch(x, mask, groups, widths)
 
 
+def _precision(device: str, precision: str):
+    """An autocast context for ``precision`` that also holds inside another autocast region
+    (fp32 disables autocast there, where ``device.autocast`` would be a no-op)."""
+    if precision == "fp32":
+        return torch.autocast(
+            device_type="cuda" if device.startswith("cuda") else "cpu", enabled=False
+        )
+    return autocast(device, precision)
+
+
+def lowp_copy(module: nn.Module, dtype: torch.dtype = torch.bfloat16) -> nn.Module:
+    """A copy of ``module`` whose ``nn.Linear`` weights and biases are stored in ``dtype``.
+
+    Under autocast the linear layers then run without casting their weights: autocast caches
+    casts only of weights that require a gradient, so the frozen trunk's and the key
+    encoder's weights would otherwise be cast again for every sub-batch. The values are those
+    autocast would cast to (round to nearest even), and the other parameters (LayerNorm) stay
+    fp32, so the results are the same as under plain autocast.
+
+    Args:
+        module: the module (the frozen layers, or the key encoder's top).
+        dtype: the storage type of the linear layers.
+
+    Returns:
+        The copy, without gradients.
+    """
+    out = copy.deepcopy(module)
+    for sub in out.modules():
+        if isinstance(sub, nn.Linear):
+            sub.to(dtype)
+    for p in out.parameters():
+        p.requires_grad_(False)
+    return out
+
+
+def _shadow(tr: StepHost, name: str, src: nn.Module, refresh: bool) -> nn.Module:
+    """The trainer's low-precision copy ``name`` of ``src`` (made once; weights re-copied if
+    ``refresh``, for the key encoder, which moves every step)."""
+    sh = getattr(tr, name, None)
+    if sh is None:
+        sh = lowp_copy(src)
+        setattr(tr, name, sh)
+    elif refresh:
+        with torch.no_grad():
+            for a, b in zip(sh.parameters(), src.parameters(), strict=True):
+                a.copy_(b)
+    return sh
+
+
 def trunk(tr: StepHost, x: Tensor, m: Tensor) -> tuple[Tensor, Any]:
     """The frozen trunk at ``run.trunk_precision``; its output is fp32 for the trained top.
 
@@ -181,10 +231,11 @@ def trunk(tr: StepHost, x: Tensor, m: Tensor) -> tuple[Tensor, Any]:
         bf16 (so the query's forward and backward stay in the run's precision).
     """
     tp = getattr(tr, "trunk_prec", "fp32")
-    if tp == "fp32":
-        return tr.enc.trunk(x, m)
-    with autocast(tr.device, tp):
-        h, ext = tr.enc.trunk(x, m)
+    layers = None
+    if tp == "bf16" and tr.enc.trunk_layers:
+        layers = list(_shadow(tr, "_trunk_lowp", nn.ModuleList(tr.enc.trunk_layers), False))
+    with _precision(tr.device, tp):
+        h, ext = tr.enc.trunk(x, m, layers)
     if h.is_floating_point() and h.dtype != torch.float32:
         h = h.float()
     if torch.is_tensor(ext) and ext.is_floating_point() and ext.dtype != torch.float32:
@@ -196,6 +247,10 @@ def query_key(tr: StepHost, eb: EncodedBatch) -> tuple[Tensor, Tensor]:
     """Sentence vectors of the query (with gradient) and the key encoder (without), sub-batch
     by sub-batch; the frozen trunk runs once per sub-batch for both.
 
+    All sub-batches run in one autocast region, so the query top's weights are cast to the
+    run's precision once per step, not once per sub-batch; a bf16 key encoder runs on a bf16
+    copy refreshed once per step (``lowp_copy``).
+
     Args:
         tr: a set-up trainer.
         eb: the encoded batch (``tokenize``).
@@ -203,16 +258,19 @@ def query_key(tr: StepHost, eb: EncodedBatch) -> tuple[Tensor, Tensor]:
     Returns:
         ``(q, k)``: (B, d) float32 each, in batch order; ``k`` has no gradient.
     """
-    enc, key_top = tr.enc, tr.mq.key_top
+    enc = tr.enc
     kp = getattr(tr, "key_prec", tr.precision)
+    key_top = tr.mq.key_top
+    if kp == "bf16":
+        key_top = _shadow(tr, "_key_lowp", tr.mq.key_top, True)
     qs, ks = [], []
-    for g in range(len(eb.groups)):
-        x, m = eb.rows(g, eb.x), eb.rows(g, eb.mask)
-        h, ext = trunk(tr, x, m)
-        with autocast(tr.device, tr.precision):
+    with autocast(tr.device, tr.precision):
+        for g in range(len(eb.groups)):
+            x, m = eb.rows(g, eb.x), eb.rows(g, eb.mask)
+            h, ext = trunk(tr, x, m)
             qs.append(enc.sentence(enc.top, enc.top_hidden(enc.top, h, ext), m).float())
-        with torch.no_grad(), autocast(tr.device, kp):
-            ks.append(enc.sentence(key_top, enc.top_hidden(key_top, h, ext), m).float())
+            with torch.no_grad(), _precision(tr.device, kp):
+                ks.append(enc.sentence(key_top, enc.top_hidden(key_top, h, ext), m).float())
     return eb.unsort(qs), eb.unsort(ks)
 
 
@@ -237,4 +295,6 @@ def mlm_hidden(tr: StepHost, eb: EncodedBatch, xm: Tensor, chosen: Tensor) -> tu
         with autocast(tr.device, tr.precision):
             hs.append(tr.enc.top_hidden(tr.enc.top, h, ext)[c])
         targets.append(eb.rows(g, eb.x)[c])
+    if len(hs) == 1:
+        return hs[0], targets[0]
     return torch.cat(hs), torch.cat(targets)

@@ -164,6 +164,8 @@ class Trainer:
             self.gmm = GMMHead.from_dir(src, dim=self.dim).to(self.device)
             self.gmm.train()
             self.em_state = EMState(self.N).to(self.device)
+            if cfg.loss.gmm_calibrate:  # em's prior is the label frequencies; the head's stays
+                self.gmm.prior_logits.requires_grad_(False)
         self.mq = MomentumQueue(self.enc.top, self.dim, cfg.run.queue_size, cfg.run.momentum).to(
             self.device
         )
@@ -179,18 +181,14 @@ class Trainer:
         self.elapsed = 0.0
         self._dev_cache: dict = {}  # frozen-trunk outputs of the dev batches (exact reuse)
         self._build_data()
-        # em continuing ctl's optimiser has no warm-up of its own
-        self.warmup = cfg.optim.warmup_steps
-        if (
-            phase == "em"
-            and cfg.optim.em_continue
-            and (point is not None or continue_from_ctl(self))
-        ):
-            self.warmup = 0
+        self.em_continued = False  # em continuing ctl's optimiser has no warm-up of its own
+        if point is None and phase == "em" and cfg.optim.em_continue:
+            self.em_continued = continue_from_ctl(self)
         if point is not None:
             restore_state(self, point.path, ck_weights, ck_state)
             if self.dist.is_main:
                 truncate_log(self.out, phase, self.step)
+        self.warmup = 0 if self.em_continued else cfg.optim.warmup_steps
 
     def _build_data(self) -> None:
         """The phase's sampler; the dev pairs (held out of training) go to ``<out>/dev.tsv``."""
@@ -267,6 +265,7 @@ class Trainer:
             if self.step % cfg.run.log_every == 0 or self.step == self.total or "dev_acc" in rec:
                 now = time.perf_counter()
                 rec["pairs_per_s"] = n_last / max(now - t_last, 1e-9)
+                rec["pairs_seen"] = self.sampler.distinct_pairs()  # distinct, this rank
                 rec["elapsed_s"] = round(self.elapsed, 2)
                 t_last, n_last = now, 0
                 self._log(rec)

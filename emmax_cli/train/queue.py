@@ -115,12 +115,13 @@ class SplitEncoder(nn.Module):
         self.top["proj"].load_state_dict(load_file(str(f)))
         return True
 
-    def trunk(self, ids: Tensor, mask: Tensor) -> tuple[Tensor, object]:
+    def trunk(self, ids: Tensor, mask: Tensor, layers: list | None = None) -> tuple[Tensor, object]:
         """The frozen part, run once per batch without gradient.
 
         Args:
             ids: (B, L) int64 token ids.
             mask: (B, L) attention mask.
+            layers: stand-ins for the frozen layers (``encoding.lowp_copy``), or None.
 
         Returns:
             ``(h, ext)``: (B, L, d) hidden states at the split (or the ids themselves when
@@ -134,7 +135,7 @@ class SplitEncoder(nn.Module):
                 )
             h = self.model.embeddings(input_ids=ids)
             ext = extended_mask(self.model, mask, h)
-            for layer in self.trunk_layers:
+            for layer in self.trunk_layers if layers is None else layers:
                 h = _layer_out(layer(h, ext))
             return h, ext
 

@@ -133,6 +133,14 @@ class BatchSampler:
         for _ in range(n):
             self.next()
 
+    def distinct_pairs(self) -> int:
+        """The number of distinct parallel pairs drawn so far (by file and line).
+
+        Returns:
+            The count over all parallel streams of this rank.
+        """
+        return sum(len(s.seen) for ss, _ in self.par.by_lang for s in ss)
+
     def dropped(self) -> int:
         """The number of lines skipped so far because they are in the banned set.
 

@@ -36,6 +36,7 @@ def trainer_state(tr: Any, rngs: list[dict]) -> dict[str, Any]:
         "queue": tr.mq.state_dict(),
         "mlm": tr.mlm.state_dict() if tr.mlm else None,
         "em_state": tr.em_state.state_dict() if tr.em_state is not None else None,
+        "em_continued": tr.em_continued,
         "rng": rngs,
         "data_position": tr.sampler.drawn,
         "elapsed": tr.elapsed,
@@ -77,6 +78,7 @@ def restore_state(tr: Any, path: Path, weights: dict, state: dict) -> None:
         from ..models.gmm import GMMHead
 
         tr.gmm.load_state_dict(GMMHead.from_dir(path, dim=tr.dim).state_dict())
+    tr.em_continued = bool(state.get("em_continued", False))
     tr.step, tr.elapsed = int(state["step"]), float(state.get("elapsed", 0.0))
     tr.sampler.skip(int(state["data_position"]))
     rng = dict(state["rng"][tr.dist.rank])

@@ -5,13 +5,15 @@
 micro-batches (``forward_loss`` + backward each), gradients averaged over ranks, clipping,
 AdamW (and, in em, the GMM's Adam) step. ``forward_loss`` is one micro-batch:
 
-1. q = query(x) with gradient, k = key(x) without; candidates [k ; queue];
-   S = q [k ; queue]^T (B x (B+K)); the query's own key is excluded.
+1. q = query(x) with gradient, k = key(x) without (``encoding.py``: tokenised once, optionally
+   in length-sorted sub-batches); candidates [k ; queue]; S = q [k ; queue]^T (B x (B+K));
+   the query's own key is excluded.
 2. ctl: labels = N-1 for the translation, 0 otherwise (plain InfoNCE at tau_min).
-   em: the encoder's ranks (nearest rank mean of S) label the GMM; the GMM's posteriors on
-   z = sg(q) - candidate label the encoder; translation pairs are forced to N-1 in both;
-   the rank means follow the GMM's assignments (EMA).
-3. loss = L_CTL (+ L_GMM) (+ L_MLM); k (gathered from all ranks) is enqueued.
+   em (``em.py``): the encoder's ranks (nearest rank mean of S) label the GMM; the GMM's
+   posteriors on z = sg(q) - candidate label the encoder; translation pairs are forced to N-1
+   in both; the rank means follow the GMM's assignments (EMA); the review's fixes by config.
+3. loss = L_CTL (+ L_GMM) (+ L_MLM); k and its language (gathered from all ranks) are enqueued.
+   Every ``run.level_grad_every`` steps each ranking level's gradient norm is measured.
 
 The functions read the modules of a set-up trainer (``loop.Trainer``), described by
 ``StepHost``; the trainer keeps the loop, logging and checkpoints."""
