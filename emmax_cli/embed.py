@@ -192,12 +192,7 @@ def embed_files(
     jobs = plan_outputs(inputs, output)
     for inp, out in jobs:
         _check_job(inp, out, inputs, force=force, resume=resume, encoding=encoding)
-    scans: list[FileScan | None] = []
-    for inp, out in jobs:
-        scan = check_resumable_input(inp, out) if resume else None
-        if scan is None and is_regular_file(inp):
-            scan = scan_file(inp, count=progress is not None)
-        scans.append(scan)
+    scans = [_scan_input(inp, out, resume, count=progress is not None) for inp, out in jobs]
     enc = Encoder.load(model, device=device, precision=precision)
     results = []
     for (inp, out), scan in zip(jobs, scans, strict=True):
@@ -222,6 +217,15 @@ def embed_files(
             )
         results.append(res)
     return results
+
+
+def _scan_input(inp: str, out: Path, resume: bool, count: bool) -> FileScan | None:
+    """The input's fingerprint (checked against the interrupted run's with ``resume``); None
+    for stdin, pipes and devices, which cannot be resumed."""
+    scan = check_resumable_input(inp, out) if resume else None
+    if scan is None and is_regular_file(inp):
+        scan = scan_file(inp, count=count)
+    return scan
 
 
 def _check_options(dtype: str, on_bad_line: str, chunk_lines: int, batch_tokens: int) -> None:
@@ -265,9 +269,7 @@ def embed_file(
     _check_options(dtype, on_bad_line, chunk_lines, batch_tokens)
     inp, out = str(input), Path(output)
     _check_job(inp, out, [inp], force=force, resume=resume, encoding=encoding)
-    scan = check_resumable_input(inp, out) if resume else None
-    if scan is None and is_regular_file(inp):
-        scan = scan_file(inp, count=False)
+    scan = _scan_input(inp, out, resume, count=False)
     return _embed_one(
         inp,
         out,

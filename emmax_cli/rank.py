@@ -82,16 +82,21 @@ def load_head_for(encoder: Encoder) -> GMMHead:
 
 
 def load_ranker(
-    model: str | os.PathLike | None = None, device: str = "auto", precision: str = "auto"
+    model: str | os.PathLike | Encoder | None = None,
+    device: str = "auto",
+    precision: str = "auto",
 ) -> tuple[Encoder, GMMHead]:
     """Resolve ``model`` and load its GMM head, then its encoder (the head is checked first:
-    a model without one fails before the encoder weights are read).
+    a model without one fails before the encoder weights are read). A loaded ``Encoder`` is
+    used as it is, with the head of its model directory.
 
     Raises:
         ModelLoadError: no such model, no GMM head, or a corrupt or mismatched head.
     """
     from .models.loading import resolve
 
+    if isinstance(model, Encoder):
+        return model, load_head_for(model)
     rm = resolve(model)
     if not (rm.root / WEIGHTS_FILE).exists():
         raise ModelLoadError(f"model {rm.config.name} has no GMM head", hint=NO_HEAD_HINT)
@@ -349,10 +354,7 @@ def rank_files(
     progress = progress or no_progress
     with _rereadable([src, tgt]) as (a, b):
         total = check_pairs(a, b, chunk_lines, encoding)
-        if isinstance(model, Encoder):
-            encoder, head = model, load_head_for(model)
-        else:
-            encoder, head = load_ranker(model, device=device, precision=precision)
+        encoder, head = load_ranker(model, device=device, precision=precision)
         chunks = read_pair_chunks(a, b, chunk_lines=chunk_lines, encoding=encoding)
         with progress("rank", total) as adv:
             results = rank_pairs(
@@ -413,13 +415,12 @@ def rank(
         InputError: lists of different lengths.
         ModelLoadError: no such model, or no usable GMM head.
     """
-    if isinstance(model, Encoder):
-        encoder = model
-        head = head or load_head_for(encoder)
-    elif head is not None:
-        encoder = Encoder.load(model, device=device, precision=precision)
-    else:
+    if head is None:
         encoder, head = load_ranker(model, device=device, precision=precision)
+    elif isinstance(model, Encoder):
+        encoder = model
+    else:
+        encoder = Encoder.load(model, device=device, precision=precision)
     return score_pairs(encoder, head, src, tgt, batch_tokens=batch_tokens, symmetric=symmetric)
 
 

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import os
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
@@ -69,3 +71,22 @@ def one_line_error(r, *needles):
     assert len(lines) == 1, r.stderr
     for n in needles:
         assert n in lines[0], lines[0]
+
+
+class FifoReader:
+    """A named pipe at ``path``, read to its end by a background thread (a pipe's reader)."""
+
+    def __init__(self, path: Path):
+        os.mkfifo(path)
+        self.path, self.data = path, b""
+        self._thread = threading.Thread(target=self._read)
+        self._thread.start()
+
+    def _read(self) -> None:
+        with open(self.path, "rb") as f:
+            self.data = f.read()
+
+    def join(self, timeout: float) -> bytes:
+        """Wait for the writer to close the pipe; returns all bytes read."""
+        self._thread.join(timeout)
+        return self.data

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import gzip
 import os
-import threading
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
-from conftest import one_line_error
+from conftest import FifoReader, one_line_error
 
 from emmax_cli.cli import cli
 from emmax_cli.models.encoder import Encoder
@@ -55,19 +54,11 @@ def test_output_through_a_symlink(tiny_model, tmp_path):
 def test_output_into_a_fifo_and_dev_null(tiny_model, tmp_path):
     src = write(tmp_path / "a.txt", SENTS)
     fifo = tmp_path / "out.fifo"
-    os.mkfifo(fifo)
-    got = {}
-
-    def reader():
-        with open(fifo, "rb") as f:
-            got["data"] = f.read()
-
-    t = threading.Thread(target=reader)
-    t.start()
+    reader = FifoReader(fifo)
     r = embed(tiny_model, src, "-o", fifo, "--force")
-    t.join(30)
+    data = reader.join(30)
     assert r.exit_code == 0, r.output
-    table = pq.read_table(pa.BufferReader(got["data"]))
+    table = pq.read_table(pa.BufferReader(data))
     assert table.column("text").to_pylist() == SENTS and table.schema.metadata[b"emmax"]
     assert not fifo.is_file() and left_behind(tmp_path) == []
     r = embed(tiny_model, src, "-o", "/dev/null")  # no --force needed: nothing is replaced

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import gzip
 import os
-import threading
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import FifoReader
 
 from emmax_cli.errors import InputError
 from emmax_cli.io.atomic import atomic_output, check_output
@@ -143,20 +143,12 @@ def write_emb(path, n=5, dim=4, dtype="float32"):
 
 def test_parquet_into_fifo_and_dev_null(tmp_path):
     fifo = tmp_path / "out.fifo"
-    os.mkfifo(fifo)
-    got = {}
-
-    def reader():
-        with open(fifo, "rb") as f:
-            got["data"] = f.read()
-
-    t = threading.Thread(target=reader)
-    t.start()
+    reader = FifoReader(fifo)
     with atomic_output(fifo) as tmp:
         assert tmp == fifo  # written in place
         emb = write_emb(tmp)
-    t.join(10)
-    table = pq.read_table(pa.BufferReader(got["data"]))
+    data = reader.join(10)
+    table = pq.read_table(pa.BufferReader(data))
     assert table.column("text").to_pylist() == [f"s{i}" for i in range(5)]
     assert fifo.exists() and not fifo.is_file()
     with atomic_output("/dev/null") as tmp:
@@ -166,21 +158,13 @@ def test_parquet_into_fifo_and_dev_null(tmp_path):
 
 def test_writer_error_into_a_pipe_leaves_no_valid_file(tmp_path):
     fifo = tmp_path / "out.fifo"
-    os.mkfifo(fifo)
-    got = {}
-
-    def reader():
-        with open(fifo, "rb") as f:
-            got["data"] = f.read()
-
-    t = threading.Thread(target=reader)
-    t.start()
+    reader = FifoReader(fifo)
     with pytest.raises(RuntimeError), EmbeddingWriter(fifo, 4) as w:
         w.write(np.arange(2), np.ones((2, 4)))
         raise RuntimeError("boom")
-    t.join(10)
+    data = reader.join(10)
     with pytest.raises(pa.ArrowException):
-        pq.read_table(pa.BufferReader(got["data"]))
+        pq.read_table(pa.BufferReader(data))
 
 
 def test_symlink_output_replaces_the_target(tmp_path):
