@@ -22,10 +22,11 @@ from .console import ProgressFactory, no_progress
 from .errors import InputError
 from .io.atomic import atomic_output, check_output
 from .io.parquet import read_embeddings
-from .io.tables import write_pairs_tsv
+from .io.tables import write_pairs_jsonl, write_pairs_parquet, write_pairs_tsv
 from .io.text import display_name, read_lines
 from .mine import MinedPairs, mine, threshold_counts, unify
 from .models.loading import ModelConfig, resolve
+from .pairscore import Judged, check_langs, judge_candidates
 
 __all__ = [
     "Side",
@@ -40,6 +41,7 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+FORMATS = ("tsv", "jsonl", "parquet")
 
 
 @dataclass
@@ -55,6 +57,7 @@ class Side:
     model_checksum: str | None
     index: Any = None
     duplicates: int = 0
+    repeats: np.ndarray | None = None  # (n,) occurrences of each row's text in the input
 
 
 @dataclass
@@ -69,6 +72,16 @@ class MineResult:
     threshold_source: str
     counts: dict[float, int]
     output: Path | None = None
+    candidates: MinedPairs | None = None  # every mined pair, best first, before any filter
+    judged: Judged | None = None  # scores and verdicts of the candidates
+    kept: np.ndarray | None = None  # candidate rows of ``pairs``
+    src_lang: str | None = None
+    tgt_lang: str | None = None
+
+    @property
+    def dropped(self) -> dict[str, int]:
+        """Candidates dropped per reason (threshold, rank, margin_cap, copy, ...)."""
+        return {} if self.judged is None else self.judged.counts
 
 
 def is_encoder(model: Any) -> bool:
@@ -128,9 +141,11 @@ def load_side(path: str | os.PathLike, unify_dups: bool = True) -> Side:
     if kind == "text":
         log.debug("reading %s", name)
         texts = read_lines(path)
-        keep, _ = unify(texts) if unify_dups else (np.arange(len(texts)), None)
+        keep, reps = _unify(texts, unify_dups)
         dups = len(texts) - len(keep)
-        return Side(name, [texts[i] for i in keep], keep.astype(np.int64), None, None, None, dups)
+        side = Side(name, [texts[i] for i in keep], keep.astype(np.int64), None, None, None, dups)
+        side.repeats = reps
+        return side
     index = None
     if kind == "parquet":
         ids, emb, texts, meta = read_embeddings(path, with_text=True)
@@ -147,10 +162,22 @@ def load_side(path: str | os.PathLike, unify_dups: bool = True) -> Side:
         texts = None if any(p[2] is None for p in parts) else [t for p in parts for t in p[2]]
         unify_dups = False  # index rows must stay aligned with the embeddings
     if texts is not None and unify_dups:
-        keep, _ = unify(texts)
+        keep, reps = _unify(texts, True)
         dups = len(texts) - len(keep)
-        return Side(name, [texts[i] for i in keep], ids[keep], emb[keep], checksum, None, dups)
-    return Side(name, texts, ids, emb, checksum, index, 0)
+        side = Side(name, [texts[i] for i in keep], ids[keep], emb[keep], checksum, None, dups)
+        side.repeats = reps
+        return side
+    reps = None if texts is None else _unify(texts, False)[1]
+    return Side(name, texts, ids, emb, checksum, index, 0, reps)
+
+
+def _unify(texts: list[str], unify_dups: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Rows kept (first occurrences, or all) and how often each kept row's text occurs."""
+    keep, inverse = unify(texts)
+    counts = np.bincount(inverse, minlength=len(keep)).astype(np.int64)
+    if unify_dups:
+        return keep, counts
+    return np.arange(len(texts), dtype=np.int64), counts[inverse]
 
 
 def default_threshold(model: Any) -> tuple[float | None, str, ModelConfig]:
@@ -192,6 +219,12 @@ def mine_files(
     with_ids: bool = False,
     force: bool = False,
     stream: IO[str] | None = None,
+    src_lang: str | None = None,
+    tgt_lang: str | None = None,
+    min_rank: int | None | str = "auto",
+    filters: Any = "auto",
+    fmt: str = "tsv",
+    with_dropped: bool = False,
 ) -> MineResult:
     """Mine parallel sentences between two inputs (text, embedding Parquet, or index): the
     library function behind ``emmax mine``, with its option names.
@@ -217,6 +250,16 @@ def mine_files(
         with_ids: add ``src_id<TAB>tgt_id`` columns to the output.
         force: replace an existing ``output`` file.
         stream: the text stream for ``output='-'`` (default: ``sys.stdout``).
+        src_lang, tgt_lang: the sides' languages (ISO 639-1/3 or FLORES codes); with the
+            filters on, each side's language is identified and pairs in another are dropped.
+        min_rank: keep pairs whose GMM rank is at least this; ``"auto"``: the model's top
+            rank where it has a head; None: no rank filter.
+        filters: a ``FilterConfig``; ``"auto"``: the defaults (``default_filters``), the
+            model's calibrated margin cap included; a dict: the defaults with these fields
+            changed; None: none (margin only, as LASER).
+        fmt: ``tsv`` (LASER's ``score<TAB>src<TAB>tgt``), ``jsonl`` or ``parquet`` (every
+            score, ids, languages, the verdict and its reason).
+        with_dropped: also write the dropped candidates (jsonl/parquet), with their reason.
 
     Returns:
         A :class:`MineResult`.
@@ -229,6 +272,11 @@ def mine_files(
     """
     _check_threshold(threshold)
     progress = progress or no_progress
+    src_lang, tgt_lang = check_langs(src_lang, tgt_lang, filters)
+    if fmt not in FORMATS:
+        raise InputError(f"unknown format {fmt!r}", hint="use one of " + ", ".join(FORMATS))
+    if fmt == "parquet" and (output is None or str(output) == "-"):
+        raise InputError("parquet output needs a file", hint="pass -o PAIRS.parquet")
     if output is not None and str(output) != "-":
         check_output(output, force=force)
     for p in (src, tgt):
@@ -242,6 +290,7 @@ def mine_files(
     thr, thr_source, cfg = default_threshold(model)
     if threshold is not None:
         thr, thr_source = threshold, "--threshold" if threshold > -math.inf else "--no-threshold"
+    enc = model if is_encoder(model) else None
     if s.emb is None or t.emb is None:
         enc = load_encoder(model, device, precision)
         for side in (s, t):
@@ -282,20 +331,46 @@ def mine_files(
             **kw,
         )
     counts = threshold_counts(everything.score)
-    keep = np.ones(len(everything.score), bool) if thr is None else everything.score >= thr
-    pairs = MinedPairs(everything.src_idx[keep], everything.tgt_idx[keep], everything.score[keep])
+    judged = judge_candidates(
+        everything,
+        s,
+        t,
+        enc if enc is not None else model,
+        cfg,
+        thr,
+        min_rank,
+        filters,
+        src_lang,
+        tgt_lang,
+    )
+    kept = np.flatnonzero(judged.keep)
     if top is not None:
-        pairs = MinedPairs(pairs.src_idx[:top], pairs.tgt_idx[:top], pairs.score[:top])
-    res = MineResult(pairs, s, t, thr, thr_source, counts)
+        kept = kept[:top]
+    pairs = MinedPairs(everything.src_idx[kept], everything.tgt_idx[kept], everything.score[kept])
+    res = MineResult(pairs, s, t, thr, thr_source, counts, None, everything, judged, kept)
+    res.src_lang, res.tgt_lang = src_lang, tgt_lang
     if output is not None:
-        res.output = _write_pairs(res, output, with_ids, stream)
+        res.output = _write_pairs(res, output, with_ids, stream, fmt, with_dropped)
     return res
 
 
-def _write_pairs(res: MineResult, output, with_ids: bool, stream: IO[str] | None) -> Path | None:
+def _write_pairs(
+    res: MineResult, output, with_ids: bool, stream: IO[str] | None, fmt: str, with_dropped: bool
+) -> Path | None:
+    if fmt == "parquet":
+        with atomic_output(output) as tmp:
+            write_pairs_parquet(res, tmp, with_dropped=with_dropped)
+        return Path(output)
+
+    def write(f):
+        if fmt == "jsonl":
+            write_pairs_jsonl(res, f, with_dropped=with_dropped)
+        else:
+            write_pairs_tsv(res, f, with_ids=with_ids)
+
     if str(output) == "-":
-        write_pairs_tsv(res, stream or sys.stdout, with_ids=with_ids)
+        write(stream or sys.stdout)
         return None
     with atomic_output(output) as tmp, open(tmp, "w", encoding="utf-8") as f:
-        write_pairs_tsv(res, f, with_ids=with_ids)
+        write(f)
     return Path(output)

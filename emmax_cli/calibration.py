@@ -1,8 +1,10 @@
 """Threshold calibration: the library function behind ``emmax calibrate``.
 
-A BUCC-style labelled sample is drawn from parallel TSV files (gold pairs hidden among
-one-sided sentences), mined with the ratio margin and ``max`` retrieval, and the best-F1 cut
-is taken midway between two candidate scores (the BUCC rule, ``mine.calibrate_threshold``)."""
+Samples are built like real comparable corpora from document-ordered parallel TSV files: a few
+percent to a half of the source sentences have their translation on the target side, the rest
+sit among their own documents' other sentences (``comparable_rows``). Each sample is mined as
+``emmax mine`` does (ratio margin, ``max`` retrieval, GMM rank filter), and the threshold of
+the best mean F1 over the samples is taken midway between two candidate scores."""
 
 from __future__ import annotations
 
@@ -18,10 +20,12 @@ from .bitext import is_encoder, load_encoder
 from .console import ProgressFactory, no_progress
 from .errors import InputError
 from .io.text import read_lines
-from .mine import calibrate_threshold, mine, unify
+from .mine import mine
 from .models.loading import ModelConfig, resolve
 
-__all__ = ["Calibration", "calibration_sample", "calibrate", "save_threshold"]
+DEFAULT_SHARES = (0.05, 0.2, 0.5)
+
+__all__ = ["Calibration", "comparable_rows", "best_mean_f1", "calibrate", "save_threshold"]
 
 
 @dataclass
@@ -36,36 +40,45 @@ class Calibration:
     n_gold: int
     n_candidates: int
     source: str
+    margin_cap: float | None = None
+    rank_prob: float | None = None
     written_to: Path | None = None
 
 
-def calibration_sample(
-    pair_file: str | os.PathLike, n: int = 1000, gold_fraction: float = 0.8, seed: int = 0
-) -> tuple[list[str], list[str], int]:
-    """A BUCC-style labelled sample from a parallel TSV file (``src<TAB>tgt``).
+def comparable_rows(
+    n_lines: int, n: int, share: float, doc_lines: int = 4, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """A comparable-corpus sample of line numbers from a document-ordered parallel text.
 
-    A ``gold_fraction`` of ``n`` drawn pairs keep both sides (gold pairs, rows ``0..n_gold-1``
-    of both lists); the rest are split into source-only and target-only sentences, which have
-    no translation on the other side.
+    The lines are cut into pseudo-documents of ``doc_lines`` consecutive lines. Documents are
+    drawn at random; each of their sentences goes either to the source side or, as a
+    same-document distractor, to the target side, until the source side has ``n`` sentences.
+    A ``share`` of the source sentences keep their translation on the target side (the gold
+    pairs); the target side is filled to ``2 n`` lines with sentences of other documents.
 
     Returns:
-        ``(src, tgt, n_gold)``.
-
-    Raises:
-        InputError: a missing, empty or undecodable file, or a line without a tab.
+        ``(src, tgt, n_gold)``: line numbers of each side (a source line and a target line
+        with the same number are a gold pair).
     """
-    rows = [ln.split("\t") for ln in read_lines(pair_file)]
-    bad = [i + 1 for i, r in enumerate(rows) if len(r) < 2]
-    if bad:
-        raise InputError(
-            f"{pair_file} line {bad[0]}: expected two tab-separated columns (src, tgt)"
-        )
-    pick = np.random.default_rng(seed).permutation(len(rows))[:n]
-    n_gold = int(round(len(pick) * gold_fraction))
-    half = (len(pick) - n_gold) // 2
-    src = [rows[i][0] for i in pick[:n_gold]] + [rows[i][0] for i in pick[n_gold : n_gold + half]]
-    tgt = [rows[i][1] for i in pick[:n_gold]] + [rows[i][1] for i in pick[n_gold + half :]]
-    return src, tgt, n_gold
+    rng = np.random.default_rng(seed)
+    docs = [np.arange(s, min(s + doc_lines, n_lines)) for s in range(0, n_lines, doc_lines)]
+    src: list[int] = []
+    same_doc: list[int] = []
+    used = np.zeros(len(docs), bool)
+    for d in rng.permutation(len(docs)):
+        used[d] = True
+        to_src = rng.random(len(docs[d])) < 0.5
+        src.extend(docs[d][to_src].tolist())
+        same_doc.extend(docs[d][~to_src].tolist())
+        if len(src) >= n:
+            break
+    src_rows = np.array(src[:n], np.int64)
+    n_gold = int(round(share * len(src_rows)))
+    gold = rng.permutation(src_rows)[:n_gold]
+    others = np.concatenate([docs[d] for d in np.flatnonzero(~used)] or [np.zeros(0, np.int64)])
+    distract = np.concatenate([np.array(same_doc, np.int64), rng.permutation(others)])
+    tgt = np.concatenate([gold, distract[: max(2 * n - n_gold, 0)]]).astype(np.int64)
+    return src_rows, rng.permutation(tgt), n_gold
 
 
 def calibrate(
@@ -74,67 +87,141 @@ def calibrate(
     device: str = "auto",
     precision: str = "auto",
     k: int = 4,
-    n_per_file: int = 1000,
-    gold_fraction: float = 0.8,
+    n_per_file: int = 250,
+    shares: Sequence[float] = DEFAULT_SHARES,
     seed: int = 0,
     progress: ProgressFactory | None = None,
     *,
+    doc_lines: int = 4,
+    min_rank: int | None | str = "auto",
     write: bool = False,
 ) -> Calibration:
-    """Choose the model's default mining threshold on labelled samples (BUCC midpoint rule):
-    the library function behind ``emmax calibrate``.
+    """Choose the model's default mining threshold (and margin cap) on comparable-corpus
+    samples built from parallel files: the library function behind ``emmax calibrate``.
 
-    Each file (one language pair) is mined on its own, as a real mining job would be, with
-    the ratio margin and ``max`` retrieval; the candidates of all files are pooled and the
-    best-F1 cut is placed midway between two candidate scores.
+    For every file and every share p, :func:`comparable_rows` builds a sample of
+    ``n_per_file`` source sentences, a share p of which have their translation among ``2 n``
+    target sentences; the others sit among their own documents' other sentences (files in
+    document order, as WMT's, give topically close distractors). Each sample is mined on its
+    own (ratio margin, ``max`` retrieval, the GMM rank filter where the model has a head), and
+    the threshold maximises the mean F1 over all samples, so that sparse samples (p = 0.05)
+    weigh as much as dense ones. The margin cap is the highest gold-pair margin seen.
 
     Args:
-        pair_files: parallel TSV files ``src<TAB>tgt`` (never evaluation data).
+        pair_files: parallel TSV files ``src<TAB>tgt`` in document order (never evaluation
+            data).
         model: a built-in name, a model directory, None (the default) or an Encoder.
         device, precision: where and how to embed.
         k: the margin's neighbourhood size.
-        n_per_file: pairs drawn from each file.
-        gold_fraction: share of drawn pairs kept as gold pairs.
+        n_per_file: source sentences per sample.
+        shares: shares of source sentences with a partner, one sample each.
         seed: seed of the draw.
         progress: a progress factory (see :func:`emmax_cli.bitext.mine_files`).
-        write: store the threshold in the model directory's ``emmax.json``.
+        doc_lines: lines per pseudo-document.
+        min_rank: as ``mine_files``: ``"auto"`` the model's top rank, None no rank filter.
+        write: store the threshold and cap in the model directory's ``emmax.json``.
 
     Returns:
         A :class:`Calibration` (``written_to`` set when ``write``).
 
     Raises:
-        InputError: a bad pair file, no gold pair among the candidates, or (with ``write``)
-            a model that is not a writable emmax model directory.
+        InputError: a bad pair file or share, no gold pair among the candidates, or (with
+            ``write``) a model that is not a writable emmax model directory.
     """
+    from .pairscore import default_min_rank, load_head, rank_probs
+
     progress = progress or no_progress
-    samples = [(f, *calibration_sample(f, n_per_file, gold_fraction, seed)) for f in pair_files]
+    if not shares or any(not 0 < p <= 1 for p in shares):
+        raise InputError(f"shares must be in (0, 1], got {list(shares)}")
     target = _threshold_target(model) if write else None  # refuse before the slow part
+    files = [(f, _read_pairs(f)) for f in pair_files]
     enc = load_encoder(model, device, precision)
-    scores, correct, n_gold_all = [], [], 0
-    total = sum(len(set(s)) + len(set(t)) for _, s, t, _ in samples)
-    with progress("calibrate", total) as adv:
-        for _, src, tgt, n_gold in samples:
-            ks, _ = unify(src)
-            kt, _ = unify(tgt)
-            S = enc.encode([src[i] for i in ks], progress=adv)
-            T = enc.encode([tgt[i] for i in kt], progress=adv)
-            cand = mine(S, T, k=k, margin="ratio", retrieval="max", device=device)
-            scores.append(cand.score)
-            correct.append((ks[cand.src_idx] == kt[cand.tgt_idx]) & (ks[cand.src_idx] < n_gold))
-            n_gold_all += int(np.isin(np.arange(n_gold), ks).sum())
-    thr, p, r, f1 = calibrate_threshold(
-        np.concatenate(scores), np.concatenate(correct), n_gold=n_gold_all
+    head = load_head(enc, dim=enc.dim) if min_rank is not None else None
+    top = default_min_rank(head) if min_rank == "auto" else min_rank
+    rng = np.random.default_rng(seed)
+    raw = []  # (scores, correct, P(rank >= top), n_gold) per sample
+    gold_margins = []
+    window = 4 * n_per_file
+    with progress("calibrate", 2 * window * len(files)) as adv:
+        for _, rows in files:
+            start = int(rng.integers(0, max(len(rows) - window, 0) + 1))
+            part = rows[start : start + window]
+            S = enc.encode([r[0] for r in part], progress=adv)
+            T = enc.encode([r[1] for r in part], progress=adv)
+            for j, share in enumerate(shares):
+                src, tgt, n_gold = comparable_rows(
+                    len(part), n_per_file, share, doc_lines, seed + j
+                )
+                cand = mine(S[src], T[tgt], k=k, margin="ratio", retrieval="max", device=device)
+                a, b = src[cand.src_idx], tgt[cand.tgt_idx]
+                correct = a == b
+                p_top = np.ones(len(a))
+                if head is not None and top is not None:
+                    p_top = rank_probs(head, S[a], T[b])[:, top:].sum(1)
+                gold_margins.append(cand.score[correct])
+                raw.append((cand.score, correct, p_top, n_gold))
+    # the rank filter keeps 98 % of the samples' true pairs (never stricter than argmax)
+    gold_p = np.concatenate([p[c] for _, c, p, _ in raw])
+    rank_prob = (
+        float(min(0.5, np.floor(np.quantile(gold_p, 0.02) * 1e4) / 1e4)) if len(gold_p) else 0.5
     )
+    samples = [(sc[p >= rank_prob], c[p >= rank_prob], n) for sc, c, p, n in raw]
+    if not any(c.any() for _, c, _ in samples):
+        raise InputError(
+            "cannot calibrate: no gold pair among the candidates",
+            hint="check that the files are parallel (src<TAB>tgt)",
+        )
+    thr, p, r, f1 = best_mean_f1(samples)
+    cap = float(np.ceil(np.concatenate(gold_margins).max() * 100) / 100)
     names = ", ".join(Path(f).parent.name + "/" + Path(f).name for f in pair_files)
+    n_gold_all = sum(n for _, _, n in samples)
     source = (
-        f"emmax calibrate: BUCC midpoint rule, ratio margin k={k}, {n_gold_all} gold pairs "
-        f"({gold_fraction:.0%} of sentences, each file mined separately) from {names}; "
-        f"P={p:.3f} R={r:.3f} F1={f1:.3f}"
+        f"emmax calibrate: comparable samples ({n_per_file} source sentences, shares "
+        f"{', '.join(f'{x:g}' for x in shares)} with a partner among 2x target lines incl. "
+        f"same-document distractors), ratio margin k={k}, P(rank >= {top}) >= "
+        f"{rank_prob:g}, threshold of the "
+        f"best mean F1 over {len(samples)} samples from {names}; mean P={p:.3f} R={r:.3f} "
+        f"F1={f1:.3f}"
     )
-    cal = Calibration(thr, p, r, f1, n_gold_all, int(sum(len(x) for x in scores)), source)
+    n_cand = int(sum(len(x) for x, _, _ in samples))
+    cal = Calibration(thr, p, r, f1, n_gold_all, n_cand, source, margin_cap=cap)
+    cal.rank_prob = rank_prob if head is not None and top is not None else None
     if target is not None:
         cal.written_to = save_threshold(target, cal)
     return cal
+
+
+def best_mean_f1(samples: Sequence[tuple[np.ndarray, np.ndarray, int]]):
+    """The threshold of the best mean F1 over samples ``(scores, correct, n_gold)``, placed
+    midway between two candidate scores; returns ``(threshold, mean P, mean R, mean F1)``."""
+    allv = np.unique(np.concatenate([s for s, _, _ in samples]))[::-1]
+    cuts = np.concatenate([(allv[:-1] + allv[1:]) / 2, allv[-1:] - 1e-6]) if len(allv) else allv
+    P = np.zeros((len(samples), len(cuts)))
+    R = np.zeros_like(P)
+    for i, (sc, ok, n_gold) in enumerate(samples):
+        order = np.argsort(-sc, kind="stable")
+        tp = np.concatenate([[0], np.cumsum(ok[order])])
+        kept = np.searchsorted(-sc[order], -cuts, side="right")  # candidates >= cut
+        P[i] = np.where(kept > 0, tp[kept] / np.maximum(kept, 1), 1.0)
+        R[i] = tp[kept] / max(n_gold, 1)
+    F = np.where(P + R > 0, 2 * P * R / np.maximum(P + R, 1e-12), 0.0)
+    best = int(F.mean(0).argmax())
+    return (
+        float(cuts[best]),
+        float(P[:, best].mean()),
+        float(R[:, best].mean()),
+        float(F[:, best].mean()),
+    )
+
+
+def _read_pairs(pair_file) -> list[list[str]]:
+    rows = [ln.split("\t") for ln in read_lines(pair_file)]
+    bad = [i + 1 for i, r in enumerate(rows) if len(r) != 2]
+    if bad:
+        raise InputError(
+            f"{pair_file} line {bad[0]}: expected two tab-separated columns (src, tgt)"
+        )
+    return rows
 
 
 def _threshold_target(model: Any) -> Path:
@@ -177,5 +264,10 @@ def save_threshold(model_dir: str | os.PathLike, cal: Calibration) -> Path:
     _check_threshold_dir(root)
     cfg = ModelConfig.from_json(root / "emmax.json")
     cfg.mine_threshold, cfg.mine_threshold_source = round(cal.threshold, 4), cal.source
+    settings = {"margin_cap": cal.margin_cap, "rank_prob": cal.rank_prob}
+    cfg.extra["mine"] = {
+        **cfg.extra.get("mine", {}),
+        **{k: v for k, v in settings.items() if v is not None},
+    }
     cfg.save(root / "emmax.json")
     return root / "emmax.json"

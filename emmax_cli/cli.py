@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import click
 
 from . import __version__
-from .commands import calibrate, embed, evaluate, export, index, mine, rank, train
+from .commands import calibrate, embed, evaluate, export, index, mine, rank, score, train
 from .commands.options import StdoutError, discard_stdout, flush_stdout
 from .errors import EmmaxError
 
@@ -99,5 +99,5 @@ def cli(ctx: click.Context, debug: bool, quiet: bool, verbose: bool) -> None:
     setup_logging(verbose=verbose, quiet=quiet)
 
 
-for _module in (embed, index, mine, calibrate, rank, evaluate, train, export):
+for _module in (embed, index, mine, calibrate, rank, score, evaluate, train, export):
     cli.add_command(_module.command)

@@ -227,9 +227,12 @@ def test_mine_reads_process_substitutions(tiny_model_dir, tmp_path):
         f'"{sys.executable}" -m emmax_cli mine <(cat "{src}") <(cat "{tgt}") -m "{tiny_model_dir}"'
     )
     piped = subprocess.run(
-        ["bash", "-c", cmd + " --no-threshold"], capture_output=True, text=True, timeout=300
+        ["bash", "-c", cmd + " --no-threshold --no-filters"],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
-    direct = emmax("mine", src, tgt, "-m", tiny_model_dir, "--no-threshold")
+    direct = emmax("mine", src, tgt, "-m", tiny_model_dir, "--no-threshold", "--no-filters")
     assert piped.returncode == direct.returncode == 0, piped.stderr
     assert piped.stdout == direct.stdout and len(piped.stdout.splitlines()) == 30
 
@@ -253,7 +256,7 @@ def test_broken_pipe_exits_0_quietly(tiny_model_dir, tmp_path):
     lines = sentences(3000, 0)  # ~100 kB of pairs: more than a pipe buffer holds
     src, tgt = write(tmp_path / "s.txt", lines), write(tmp_path / "t.txt", lines[::-1])
     p = subprocess.Popen(
-        [sys.executable, "-m", "emmax_cli", "mine", src, tgt, "-m", tiny_model_dir]
+        [sys.executable, "-m", "emmax_cli", "mine", src, tgt, "-m", tiny_model_dir, "--no-filters"]
         + ["--no-threshold", "--device", "cpu"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -270,7 +273,7 @@ def test_broken_pipe_exits_0_quietly(tiny_model_dir, tmp_path):
 @pytest.mark.parametrize("command", ["mine", "rank"])
 def test_full_disk_on_stdout_is_one_line(command, ranked_model_dir, tmp_path):
     a, b = write(tmp_path / "a.txt", sentences(50, 0)), write(tmp_path / "b.txt", sentences(50, 1))
-    extra = ["--no-threshold"] if command == "mine" else []
+    extra = ["--no-threshold", "--no-filters"] if command == "mine" else []
     with open("/dev/full", "w") as full:
         r = subprocess.run(
             [sys.executable, "-m", "emmax_cli", command, a, b, "-m", ranked_model_dir, *extra],
@@ -307,7 +310,7 @@ def test_threshold_must_be_finite(value, tmp_path):
 def test_k_above_the_corpus_size_says_so(tiny_model_dir, tmp_path):
     src = write(tmp_path / "s.txt", sentences(12, 0))
     tgt = write(tmp_path / "t.txt", sentences(7, 0))
-    r = run("mine", src, tgt, "-m", tiny_model_dir, "-k", "10", "--no-threshold")
+    r = run("mine", src, tgt, "-m", tiny_model_dir, "-k", "10", "--no-threshold", "--no-filters")
     assert r.exit_code == 0, r.output
     err = " ".join(r.stderr.split())  # rich wraps log lines
     assert "k=10 is more than the source (12 rows) or target (7 rows)" in err

@@ -16,7 +16,12 @@ WORDS = "the a cat dog house water tom mary book good morning hello thank yes no
 
 
 def run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
+    args = [str(a) for a in args]
+    if args[:1] == ["mine"] and "--no-filters" not in args:
+        # these corpora pair identical lines (the tiny model's only true translations), which
+        # the copy filter rightly drops: the mining mechanics are tested without the filters
+        args.append("--no-filters")
+    return CliRunner().invoke(cli, args)
 
 
 def flip_bytes(path, start, n=64):

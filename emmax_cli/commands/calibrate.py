@@ -8,7 +8,6 @@ import logging
 import click
 
 from .options import (
-    FINITE_FLOAT,
     device_option,
     model_option,
     precision_option,
@@ -28,17 +27,22 @@ log = logging.getLogger("emmax_cli")
     "--per-file",
     "n_per_file",
     type=click.IntRange(10),
-    default=1000,
+    default=250,
     show_default=True,
-    help="Pairs drawn from each file.",
+    help="Source sentences per sample (each sample also has 2N target lines).",
 )
 @click.option(
-    "--gold-fraction",
-    type=FINITE_FLOAT,
-    default=0.8,
-    show_default=True,
-    help="Share of drawn pairs kept as gold pairs (0.05 to 1); the rest become one-sided "
-    "distractors.",
+    "--share",
+    "shares",
+    type=click.FloatRange(0.01, 1.0),
+    multiple=True,
+    help="Share of source sentences that have a partner, one sample per file and share "
+    "(repeatable). Default: 0.05, 0.2 and 0.5. Use the share of your corpus if you know it.",
+)
+@click.option(
+    "--no-rank-filter",
+    is_flag=True,
+    help="Calibrate the margin alone (for `emmax mine --no-rank-filter`).",
 )
 @click.option(
     "-k", "--k", "k", type=click.IntRange(1), default=4, show_default=True, help="Margin k."
@@ -53,26 +57,31 @@ log = logging.getLogger("emmax_cli")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the drawn sample.")
 @quiet_option
 @click.pass_context
-def command(ctx: click.Context, pairs, gold_fraction, quiet, **opts) -> None:
+def command(ctx: click.Context, pairs, shares, no_rank_filter, quiet, **opts) -> None:
     """Choose a model's default mining threshold from labelled parallel pairs.
 
-    PAIRS are TSV files `src<TAB>tgt` (never evaluation data). A BUCC-style sample is
-    built from them (gold pairs hidden among one-sided sentences), mined with the ratio
-    margin and max retrieval, and the best-F1 cut is taken at the midpoint between two
-    candidate scores (the BUCC rule). Prints `threshold P R F1 n_gold` as TSV.
+    PAIRS are TSV files `src<TAB>tgt` in document order (never evaluation data). From each,
+    comparable-corpus samples are built as real mining meets them: N source sentences, a
+    share of which have their translation among 2N target lines, the others among their own
+    documents' other sentences. Each sample is mined like `emmax mine` (ratio margin, max
+    retrieval, GMM rank filter); the threshold maximises the mean F1 over the samples, at
+    the midpoint between two candidate scores. The margin cap is the highest gold-pair
+    margin seen. Prints `threshold P R F1 n_gold` as TSV.
 
     \b
     Examples:
       emmax calibrate train/deu-eng.tsv train/fra-eng.tsv -m my-model/
       emmax calibrate train/deu-eng.tsv -m my-model/ --write
     """
-    from ..calibration import calibrate
+    from ..calibration import DEFAULT_SHARES, calibrate
     from ..io.tables import calibration_tsv
 
-    if not 0.05 <= gold_fraction <= 1.0:
-        raise click.BadParameter(f"{gold_fraction} is not in 0.05..1", param_hint="--gold-fraction")
     cal = calibrate(
-        list(pairs), gold_fraction=gold_fraction, progress=progress_factory(ctx, quiet), **opts
+        list(pairs),
+        shares=shares or DEFAULT_SHARES,
+        min_rank=None if no_rank_filter else "auto",
+        progress=progress_factory(ctx, quiet),
+        **opts,
     )
     stdout().write(calibration_tsv(cal))
     if cal.written_to:

@@ -24,9 +24,13 @@ log = logging.getLogger("emmax_cli")
 @click.argument("src", type=click.Path(allow_dash=True, dir_okay=False))
 @click.argument("tgt", type=click.Path(allow_dash=True, dir_okay=False))
 @click.option(
-    "--src", "src_lang", default=None, help="Source language code (for logs and output names)."
+    "--src",
+    "src_lang",
+    default=None,
+    help="Source language (ISO 639-1/3 or FLORES code: de, deu, deu_Latn): pairs whose source "
+    "is identified as another language are dropped (--no-lang-filter: off).",
 )
-@click.option("--tgt", "tgt_lang", default=None, help="Target language code.")
+@click.option("--tgt", "tgt_lang", default=None, help="Target language, likewise.")
 @click.option(
     "-m",
     "--model",
@@ -68,7 +72,70 @@ log = logging.getLogger("emmax_cli")
     "1.0352; multilingual-e5-small: 0.9999; see models/README.md). Thresholds depend on the "
     "encoder, on k and on how much of the input is parallel.",
 )
-@click.option("--no-threshold", is_flag=True, help="Keep every mined pair.")
+@click.option(
+    "--no-threshold", is_flag=True, help="No margin threshold (the other filters still run)."
+)
+@click.option(
+    "--min-rank",
+    type=click.IntRange(0),
+    default=None,
+    help="Keep a pair only if the model's GMM head gives it at least this semantic rank "
+    "(0 unrelated ... N-1 translation). Default: the top rank, where the model has a head.",
+)
+@click.option("--no-rank-filter", is_flag=True, help="Do not filter by the GMM rank.")
+@click.option(
+    "--margin-cap",
+    type=FINITE_FLOAT,
+    default=None,
+    help="Drop pairs with a margin above this (copies, boilerplate; stopes: 1.25 for LASER). "
+    "Default: the model's calibrated cap, if any.",
+)
+@click.option("--no-margin-cap", is_flag=True, help="No margin cap.")
+@click.option(
+    "--no-copy-filter", is_flag=True, help="Keep pairs whose target (nearly) equals the source."
+)
+@click.option(
+    "--max-length-ratio",
+    type=click.FloatRange(0),
+    default=3.0,
+    show_default=True,
+    help="Drop pairs whose longer side has more than this many times the subword tokens of "
+    "the shorter (only when the longer has 6+ tokens); 0: off.",
+)
+@click.option("--no-lang-filter", is_flag=True, help="No language identification.")
+@click.option(
+    "--max-repeats",
+    type=click.IntRange(0),
+    default=2,
+    show_default=True,
+    help="Drop pairs with a side that occurs more than this many times in its input "
+    "(boilerplate); 0: off.",
+)
+@click.option(
+    "--no-dedup",
+    is_flag=True,
+    help="Keep pairs whose source or target repeats a better pair's after normalisation "
+    "(case, punctuation, digits, whitespace).",
+)
+@click.option(
+    "--no-filters",
+    is_flag=True,
+    help="Margin threshold only, as LASER: no rank filter and none of the filters above.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["tsv", "jsonl", "parquet"]),
+    default="tsv",
+    show_default=True,
+    help="tsv: score<TAB>src<TAB>tgt (LASER); jsonl/parquet: score, cosine, rank, rank_prob, "
+    "probs, ids, languages, texts, keep, reason (parquet needs -o).",
+)
+@click.option(
+    "--with-dropped",
+    is_flag=True,
+    help="jsonl/parquet: also write the dropped candidates, each with the reason.",
+)
 @click.option("--top", type=click.IntRange(1), default=None, help="Keep only the N best pairs.")
 @click.option("--no-unify", is_flag=True, help="Do not unify exact duplicate sentences before kNN.")
 @click.option(
@@ -94,7 +161,17 @@ log = logging.getLogger("emmax_cli")
 @quiet_option
 @click.pass_context
 def command(
-    ctx: click.Context, src_lang, tgt_lang, threshold, no_threshold, no_unify, quiet, **opts
+    ctx: click.Context,
+    src_lang,
+    tgt_lang,
+    threshold,
+    no_threshold,
+    no_unify,
+    quiet,
+    min_rank,
+    no_rank_filter,
+    no_filters,
+    **opts,
 ) -> None:
     """Mine parallel sentence pairs between SRC and TGT by margin score.
 
@@ -112,22 +189,76 @@ def command(
 
     if threshold is not None and no_threshold:
         raise click.UsageError("--threshold and --no-threshold exclude each other")
+    if min_rank is not None and (no_rank_filter or no_filters):
+        raise click.UsageError("--min-rank excludes --no-rank-filter and --no-filters")
+    if opts["fmt"] != "tsv" and opts["with_ids"]:
+        raise click.UsageError("--with-ids is for --format tsv (jsonl/parquet always have ids)")
+    if opts["with_dropped"] and opts["fmt"] == "tsv":
+        raise click.UsageError("--with-dropped needs --format jsonl or parquet")
+    if opts["fmt"] == "parquet" and opts["output"] in (None, "-"):
+        raise click.UsageError("--format parquet needs -o PAIRS.parquet")
+    filters = _filters(opts, no_filters)
     res = mine_files(
         threshold=float("-inf") if no_threshold else threshold,
         unify_dups=not no_unify,
         progress=progress_factory(ctx, quiet),
         stream=stdout(),
+        src_lang=src_lang,
+        tgt_lang=tgt_lang,
+        min_rank=None
+        if no_rank_filter or no_filters
+        else ("auto" if min_rank is None else min_rank),
+        filters=filters,
         **opts,
     )
     for side in (res.src, res.tgt):
         if side.duplicates:
             log.info("%s: %d duplicate lines unified", side.name, side.duplicates)
+    dropped = {k: v for k, v in res.dropped.items() if v}
     log.info(
-        "%s-%s: %d pairs at threshold %s (%s); pairs at or above %s",
+        "%s-%s: %d of %d candidate pairs kept; threshold %s (%s); pairs at or above %s",
         src_lang or res.src.name,
         tgt_lang or res.tgt.name,
         len(res.pairs.score),
+        len(res.candidates.score),
         "none" if no_threshold or res.threshold is None else f"{res.threshold:g}",
         res.threshold_source,
         ", ".join(f"{t:g}: {n}" for t, n in res.counts.items()),
     )
+    log.info(
+        "removed by: %s",
+        ", ".join(f"{k} {v}" for k, v in dropped.items()) if dropped else "nothing",
+    )
+
+
+_FILTER_OPTS = (
+    "margin_cap",
+    "no_margin_cap",
+    "no_copy_filter",
+    "max_length_ratio",
+    "no_lang_filter",
+    "max_repeats",
+    "no_dedup",
+)
+
+
+def _filters(opts: dict, no_filters: bool) -> dict | None:
+    """The filter settings of the options (popped from ``opts``) as overrides of the model's
+    defaults; None with --no-filters."""
+    o = {k: opts.pop(k) for k in _FILTER_OPTS}
+    if no_filters:
+        return None
+    if o["margin_cap"] is not None and o["no_margin_cap"]:
+        raise click.UsageError("--margin-cap and --no-margin-cap exclude each other")
+    f: dict = {
+        "max_length_ratio": o["max_length_ratio"] or None,
+        "max_repeats": o["max_repeats"] or None,
+        "dedup": not o["no_dedup"],
+    }
+    if o["margin_cap"] is not None or o["no_margin_cap"]:
+        f["margin_cap"] = o["margin_cap"]
+    if o["no_copy_filter"]:
+        f["copy_ratio"] = None
+    if o["no_lang_filter"]:
+        f["src_lang"] = f["tgt_lang"] = None
+    return f
