@@ -13,7 +13,8 @@ Per language xxx (FLORES-200 devtest, never trained on) and share p:
 * The English side is filled to 2N lines with English sentences of other documents.
 
 So a source sentence without a partner sits among its own document's other sentences, the
-hardest distractors a real comparable corpus has. Both sides are embedded once per language
+hardest distractors a real comparable corpus has. Mining runs with ``--src xxx --tgt eng``
+(language ID on, as a user would run it). Both sides are embedded once per language
 (cached in ``--cache``) and written as embedding Parquet files with their text, then mined
 with ``emmax_cli.bitext.mine_files`` and the options of ``emmax mine`` (defaults unless
 ``--mine-opt`` says otherwise). ``--write DIR`` also writes the samples as text files for
@@ -105,7 +106,7 @@ def run_one(lang, p, args, enc, eng, workdir: Path, opts: dict) -> dict:
             "utf-8",
         )
     t0 = time.perf_counter()
-    res = mine_files(sp, tp, model=enc, **opts)
+    res = mine_files(sp, tp, model=enc, **{"src_lang": lang, "tgt_lang": "eng", **opts})
     secs = time.perf_counter() - t0
     s_ids = res.src.ids[res.pairs.src_idx]
     t_ids = res.tgt.ids[res.pairs.tgt_idx]

@@ -24,6 +24,7 @@ from .mine import mine
 from .models.loading import ModelConfig, resolve
 
 DEFAULT_SHARES = (0.05, 0.2, 0.5)
+RANK_PROBS = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5)  # P(rank >= top) cuts tried by calibrate
 
 __all__ = ["Calibration", "comparable_rows", "best_mean_f1", "calibrate", "save_threshold"]
 
@@ -104,8 +105,9 @@ def calibrate(
     target sentences; the others sit among their own documents' other sentences (files in
     document order, as WMT's, give topically close distractors). Each sample is mined on its
     own (ratio margin, ``max`` retrieval, the GMM rank filter where the model has a head), and
-    the threshold maximises the mean F1 over all samples, so that sparse samples (p = 0.05)
-    weigh as much as dense ones. The margin cap is the highest gold-pair margin seen.
+    the margin threshold and the rank filter's probability (``rank_prob``, among
+    ``RANK_PROBS``) maximise the mean F1 over all samples, so that sparse samples (p = 0.05)
+    weigh as much as dense ones. The margin cap is 10 % above the highest gold-pair margin seen.
 
     Args:
         pair_files: parallel TSV files ``src<TAB>tgt`` in document order (never evaluation
@@ -160,19 +162,23 @@ def calibrate(
                     p_top = rank_probs(head, S[a], T[b])[:, top:].sum(1)
                 gold_margins.append(cand.score[correct])
                 raw.append((cand.score, correct, p_top, n_gold))
-    # the rank filter keeps 98 % of the samples' true pairs (never stricter than argmax)
-    gold_p = np.concatenate([p[c] for _, c, p, _ in raw])
-    rank_prob = (
-        float(min(0.5, np.floor(np.quantile(gold_p, 0.02) * 1e4) / 1e4)) if len(gold_p) else 0.5
-    )
-    samples = [(sc[p >= rank_prob], c[p >= rank_prob], n) for sc, c, p, n in raw]
-    if not any(c.any() for _, c, _ in samples):
+    if not any(c.any() for _, c, _, _ in raw):
         raise InputError(
             "cannot calibrate: no gold pair among the candidates",
             hint="check that the files are parallel (src<TAB>tgt)",
         )
-    thr, p, r, f1 = best_mean_f1(samples)
-    cap = float(np.ceil(np.concatenate(gold_margins).max() * 100) / 100)
+    # threshold and rank filter probability jointly: the pair of the best mean F1
+    best = None
+    for rank_prob in RANK_PROBS if head is not None and top is not None else (0.0,):
+        samples = [(sc[q >= rank_prob], c[q >= rank_prob], n) for sc, c, q, n in raw]
+        if not any(c.any() for _, c, _ in samples):
+            continue
+        cand = (best_mean_f1(samples), rank_prob, samples)
+        if best is None or cand[0][3] > best[0][3]:
+            best = cand
+    (thr, p, r, f1), rank_prob, samples = best
+    # 10 % above the highest gold margin seen: samples are small, true pairs go higher
+    cap = float(np.ceil(np.concatenate(gold_margins).max() * 1.1 * 20) / 20)
     names = ", ".join(Path(f).parent.name + "/" + Path(f).name for f in pair_files)
     n_gold_all = sum(n for _, _, n in samples)
     source = (

@@ -9,7 +9,8 @@ whitespace (``normalize``)."""
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+import unicodedata
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from difflib import SequenceMatcher
 
@@ -31,13 +32,14 @@ REASONS = (
     "threshold",
     "rank",
     "margin_cap",
+    "repeated",
     "copy",
+    "duplicate",
     "length",
     "src_lang",
     "tgt_lang",
-    "repeated",
-    "duplicate",
 )
+MIN_PAIRS_FOR_MEDIAN = 25
 _STRIP = re.compile(r"[\W\d_]+", re.UNICODE)
 
 
@@ -49,8 +51,14 @@ class FilterConfig:
         margin_cap: drop pairs whose margin is above this (copies, boilerplate).
         copy_ratio: drop pairs whose normalised sides are equal, or similar at least this much
             (difflib ratio, 0..1).
-        max_length_ratio: drop pairs whose longer side has more than this many times the
-            tokens (or characters) of the shorter one.
+        max_length_ratio: drop pairs whose source/target length ratio (tokens, or
+            characters) is more than this many times off the median ratio of the pairs still
+            kept (``length_relative``), or off 1 otherwise.
+        length_relative: compare with the median ratio of the kept pairs (when at least 25
+            are long enough), which adapts to the language pair (on FLORES-200 devtest, 1.8
+            keeps 99.8 % of the true pairs of 36 languages and drops ~78 % of translations
+            cut to 40-60 % of their words; the default 2.0 spares the freer translations of
+            short Tatoeba sentences).
         min_length_tokens: the length ratio applies only when the longer side has at least
             this many tokens (very short lines vary a lot).
         src_lang, tgt_lang: expected languages (language ID of each side).
@@ -61,8 +69,9 @@ class FilterConfig:
 
     margin_cap: float | None = None
     copy_ratio: float | None = 0.9
-    max_length_ratio: float | None = 3.0
-    min_length_tokens: int = 6
+    max_length_ratio: float | None = 2.0
+    length_relative: bool = True
+    min_length_tokens: int = 10
     src_lang: str | None = None
     tgt_lang: str | None = None
     max_repeats: int | None = 2
@@ -86,9 +95,9 @@ class FilterResult:
 
 
 def normalize(texts: Sequence[str]) -> list[str]:
-    """Lower case without punctuation, symbols, digits or whitespace: the key of duplicate
-    and copy detection (``"The 2 cats!"`` and ``"the cats"`` are the same)."""
-    return [_STRIP.sub("", t).casefold() for t in texts]
+    """NFKC, case-folded, without punctuation, symbols, digits or whitespace: the key of
+    duplicate and copy detection (``"The 2 cats!"`` and ``"the cats"`` are the same)."""
+    return [_STRIP.sub("", unicodedata.normalize("NFKC", t).casefold()) for t in texts]
 
 
 def copy_mask(src: Sequence[str], tgt: Sequence[str], ratio: float = 0.9) -> np.ndarray:
@@ -103,9 +112,19 @@ def copy_mask(src: Sequence[str], tgt: Sequence[str], ratio: float = 0.9) -> np.
             out[i] = src[i].strip() == tgt[i].strip()
         elif x == y:
             out[i] = True
-        elif ratio < 1 and min(len(x), len(y)) >= ratio * max(len(x), len(y)):
+        elif (
+            ratio < 1
+            and min(len(x), len(y)) >= ratio * max(len(x), len(y))
+            and _trigram_overlap(x, y) >= 0.5  # cheap bound first: most pairs stop here
+        ):
             out[i] = SequenceMatcher(None, x, y, autojunk=False).ratio() >= ratio
     return out
+
+
+def _trigram_overlap(x: str, y: str) -> float:
+    a = {x[i : i + 3] for i in range(len(x) - 2)} or {x}
+    b = {y[i : i + 3] for i in range(len(y) - 2)} or {y}
+    return len(a & b) / len(a | b)
 
 
 def length_ratio(src_len: np.ndarray, tgt_len: np.ndarray) -> np.ndarray:
@@ -140,18 +159,23 @@ def apply_filters(
     below_rank: np.ndarray | None = None,
     src_len: np.ndarray | None = None,
     tgt_len: np.ndarray | None = None,
+    length_fn: Callable[[list[str]], np.ndarray] | None = None,
     src_repeats: np.ndarray | None = None,
     tgt_repeats: np.ndarray | None = None,
-    lang_check=None,
+    lang_check: Callable[[list[str], str], np.ndarray] | None = None,
 ) -> FilterResult:
     """Run every filter that is switched on and attribute each drop to its first reason.
+
+    The cheap, vectorised checks come first; the per-text ones (copies, duplicates, lengths,
+    language ID) run only on the pairs still kept.
 
     Args:
         cfg: the filter settings.
         src, tgt: the pairs' texts (None: the text filters are skipped).
         margin: (n,) margin (or score) of each pair, for ``margin_cap``.
         below_threshold, below_rank: (n,) drop masks computed by the caller.
-        src_len, tgt_len: (n,) lengths for the length ratio (tokens; default: characters).
+        src_len, tgt_len: (n,) lengths for the length ratio; else ``length_fn(texts)`` on
+            the kept pairs (e.g. subword tokens), else characters.
         src_repeats, tgt_repeats: (n,) times each side occurs in its input.
         lang_check: ``lang_check(texts, lang) -> bool mask`` of texts in ``lang``
             (``langid.matches``); needed when ``cfg.src_lang`` or ``cfg.tgt_lang`` is set.
@@ -163,46 +187,55 @@ def apply_filters(
     reason = np.full(n, -1, np.int64)
 
     def mark(name: str, drop: np.ndarray | None) -> None:
-        if drop is None:
-            return
-        reason[(reason < 0) & drop] = REASONS.index(name)
-
-    def live() -> np.ndarray:
-        return np.flatnonzero(reason < 0)
+        if drop is not None:
+            reason[(reason < 0) & drop] = REASONS.index(name)
 
     def on_live(fn) -> np.ndarray:
         """A drop mask computed only on the pairs still kept (text checks are per pair)."""
-        idx = live()
+        idx = np.flatnonzero(reason < 0)
         m = np.zeros(n, bool)
         if len(idx):
             m[idx] = fn(idx)
         return m
 
+    def texts(side: Sequence[str], idx: np.ndarray) -> list[str]:
+        return [side[j] for j in idx]
+
     mark("threshold", below_threshold)
     mark("rank", below_rank)
     if cfg.margin_cap is not None:
         mark("margin_cap", np.asarray(margin) > cfg.margin_cap)
-    has_text = src is not None and tgt is not None
-    if has_text and cfg.copy_ratio is not None:
-        mark(
-            "copy",
-            on_live(lambda i: copy_mask([src[j] for j in i], [tgt[j] for j in i], cfg.copy_ratio)),
-        )
-    if cfg.max_length_ratio is not None and (has_text or src_len is not None):
-        if src_len is None or tgt_len is None:
-            src_len = np.fromiter((len(t) for t in src), np.int64, len(src))
-            tgt_len = np.fromiter((len(t) for t in tgt), np.int64, len(tgt))
-        long = np.maximum(src_len, tgt_len) >= cfg.min_length_tokens
-        mark("length", long & (length_ratio(src_len, tgt_len) > cfg.max_length_ratio))
-    if has_text and lang_check is not None:
-        for name, texts, lang in (("src_lang", src, cfg.src_lang), ("tgt_lang", tgt, cfg.tgt_lang)):
-            if lang:
-                mark(name, on_live(lambda i, t=texts, g=lang: ~lang_check([t[j] for j in i], g)))
     if cfg.max_repeats is not None and src_repeats is not None and tgt_repeats is not None:
         mark("repeated", (src_repeats > cfg.max_repeats) | (tgt_repeats > cfg.max_repeats))
+    has_text = src is not None and tgt is not None
+    if has_text and cfg.copy_ratio is not None:
+        mark("copy", on_live(lambda i: copy_mask(texts(src, i), texts(tgt, i), cfg.copy_ratio)))
     if has_text and cfg.dedup:
+        mark("duplicate", on_live(lambda i: duplicate_mask(texts(src, i), texts(tgt, i))))
+    if cfg.max_length_ratio is not None and (has_text or src_len is not None):
         mark(
-            "duplicate", on_live(lambda i: duplicate_mask([src[j] for j in i], [tgt[j] for j in i]))
+            "length", on_live(lambda i: _length_drop(cfg, i, src, tgt, src_len, tgt_len, length_fn))
         )
+    if has_text and lang_check is not None:
+        for name, side, lang in (("src_lang", src, cfg.src_lang), ("tgt_lang", tgt, cfg.tgt_lang)):
+            if lang:
+                mark(name, on_live(lambda i, t=side, g=lang: ~lang_check(texts(t, i), g)))
     counts = {r: int((reason == k).sum()) for k, r in enumerate(REASONS)}
     return FilterResult(reason, counts)
+
+
+def _length_drop(cfg, idx, src, tgt, src_len, tgt_len, length_fn) -> np.ndarray:
+    """Length-ratio drops among the pairs ``idx``: log(src/tgt length) more than
+    log(max_length_ratio) away from their median (or from 0), longer side long enough."""
+    if src_len is not None and tgt_len is not None:
+        a, b = np.asarray(src_len)[idx], np.asarray(tgt_len)[idx]
+    else:
+        fn = length_fn or (lambda ts: np.fromiter(map(len, ts), np.int64, len(ts)))
+        a, b = fn([src[j] for j in idx]), fn([tgt[j] for j in idx])
+    a, b = np.maximum(a, 1).astype(np.float64), np.maximum(b, 1).astype(np.float64)
+    r = np.log(a / b)
+    long = np.maximum(a, b) >= cfg.min_length_tokens
+    # the median of a few pairs says little about the language pair: then the ratio is 1
+    relative = cfg.length_relative and long.sum() >= MIN_PAIRS_FOR_MEDIAN
+    centre = float(np.median(r[long])) if relative else 0.0
+    return long & (np.abs(r - centre) > np.log(cfg.max_length_ratio))

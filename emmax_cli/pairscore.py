@@ -154,10 +154,7 @@ def judge_pairs(
     )
     if cfg is None:
         cfg = FilterConfig(copy_ratio=None, max_length_ratio=None, max_repeats=None, dedup=False)
-    lens = (None, None)
     has_text = src_texts is not None and tgt_texts is not None
-    if has_text and tokenizer is not None and cfg.max_length_ratio is not None:
-        lens = (token_counts(tokenizer, src_texts), token_counts(tokenizer, tgt_texts))
     lang_check = None
     if cfg.src_lang or cfg.tgt_lang:
         from .langid import matches as lang_check
@@ -168,8 +165,7 @@ def judge_pairs(
         margin,
         below_threshold=below_thr,
         below_rank=below_rank,
-        src_len=lens[0],
-        tgt_len=lens[1],
+        length_fn=None if tokenizer is None else (lambda ts: token_counts(tokenizer, ts)),
         src_repeats=src_repeats,
         tgt_repeats=tgt_repeats,
         lang_check=lang_check,

@@ -63,7 +63,7 @@ def test_apply_filters_first_reason_wins_and_counts_add_up():
         src_repeats=np.array([1, 1, 1, 1, 5]),
         tgt_repeats=np.array([1, 1, 1, 1, 1]),
     )
-    assert res.reason_names() == ["copy", "", "duplicate", "length", "rank"]
+    assert res.reason_names() == ["copy", "", "duplicate", "length", "rank"]  # rank before all
     assert sum(res.counts.values()) == 4 and res.counts["rank"] == 1
     assert res.keep.tolist() == [False, True, False, False, False]
     assert set(res.counts) == set(REASONS)
@@ -137,7 +137,9 @@ def test_mine_filters_count_each_reason_and_no_filters_keeps_them(tiny_model, co
     assert len(plain) == 21  # the 20 identical sentences and the boilerplate line
     filtered = run(*base, "--no-rank-filter")
     assert same(filtered) == []  # every identical pair is a copy
-    assert "removed by:" in filtered.stderr and "copy 21" in " ".join(filtered.stderr.split())
+    assert "removed by:" in filtered.stderr and "repeated 1, copy 20" in " ".join(
+        filtered.stderr.split()
+    )
     kept = run(*base, "--no-rank-filter", "--no-copy-filter")
     assert len(same(kept)) == 20 and "all rights reserved" not in kept.stdout
     assert "repeated 1" in kept.stderr
@@ -247,3 +249,22 @@ def test_mine_filter_option_errors(tiny_model, copies, tmp_path):
     r = run(*base, "--margin-cap", "1.2", "--no-margin-cap")
     assert r.exit_code == 2
     assert not list(tmp_path.glob("*.parquet"))
+
+
+def test_length_ratio_is_relative_to_the_median_of_the_kept_pairs():
+    rng = np.random.default_rng(0)
+    tgt_len = rng.integers(10, 30, 100)
+    src_len = np.round(tgt_len * 3.0 * rng.uniform(0.9, 1.1, 100)).astype(int)  # a 3:1 language
+    src_len[:5] = tgt_len[:5] * 9  # targets cut to a third of a 3:1 translation
+    src = tgt = ["x"] * 100
+    cfg = FilterConfig(copy_ratio=None, dedup=False)
+    res = apply_filters(cfg, src, tgt, np.ones(100), src_len=src_len, tgt_len=tgt_len)
+    assert np.flatnonzero(~res.keep).tolist() == [0, 1, 2, 3, 4]
+    absolute = FilterConfig(copy_ratio=None, dedup=False, length_relative=False)
+    res = apply_filters(absolute, src, tgt, np.ones(100), src_len=src_len, tgt_len=tgt_len)
+    assert (~res.keep).sum() > 90  # the 3:1 language pair itself fails a fixed ratio
+
+
+def test_normalize_is_stable_under_case_changes():
+    assert normalize(["İzmir 1"]) == normalize(["i̇zmir"])
+    assert normalize(["ＡＢＣ１"]) == normalize(["abc"])  # full-width forms (NFKC)

@@ -145,7 +145,7 @@ REASON_PAIRS = [
     ("the cat and the dog", "die katze und der hund"),  # kept
     ("hello you", "Hello, you!"),  # copy
     ("", "good morning"),  # empty
-    ("the cat is with the house and the dog", "chat"),  # length (8 tokens vs 1)
+    ("the cat is with the house and the dog and mary and tom", "chat"),  # length (12 vs 1)
     ("mary has a book", "mary hat ein buch"),  # kept
     ("tom is here", "   "),  # empty (blank)
     ("Mary has a book!", "eine andere übersetzung"),  # duplicate source (across chunks)
@@ -165,7 +165,7 @@ def test_reasons_and_keep_only(tiny_model, tmp_path):
     assert float(rows[3]["length_ratio"]) > 2.5
     err = " ".join(r.stderr.split())  # log lines may wrap
     assert "model tiny-0 has no GMM head" in err
-    assert "kept 3 of 9 pairs; dropped: empty 2, copy 1, length 1, duplicate 2" in err
+    assert "kept 3 of 9 pairs; dropped: empty 2, copy 1, duplicate 2, length 1" in err
     out = tmp_path / "kept.tsv"
     r = run("score", pairs, "-m", tiny_model, "--keep-only", "-o", out)
     assert r.exit_code == 0, r.stderr

@@ -87,8 +87,9 @@ log = logging.getLogger("emmax_cli")
     "--max-length-ratio",
     type=click.FloatRange(0),
     default=None,
-    help="Drop pairs whose longer side has more than X times the tokens of the shorter one, "
-    "when it has at least 6 tokens (default: 2.5; 0: off).",
+    help="Drop pairs whose source/target ratio of subword tokens is more than X times off the "
+    "median ratio of the kept pairs of their chunk (adapts to the language pair), when the "
+    "longer side has at least 10 tokens (default: 2.0; 0: off).",
 )
 @click.option("--no-lang-filter", is_flag=True, help="Report language ID but drop no pair for it.")
 @click.option("--no-dedup", is_flag=True, help="Keep pairs whose normalised side repeats.")
