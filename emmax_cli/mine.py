@@ -23,7 +23,7 @@ import numpy as np
 
 from .dedup import dedup_embeddings, unify
 from .errors import EmmaxError, InputError
-from .knn import DEFAULT_BLOCK_SIZE, _as_2d, knn
+from .knn import DEFAULT_BLOCK_SIZE, _as_2d, knn, knn_both, one_pass_device
 from .thresholds import calibrate_threshold, threshold_counts
 
 __all__ = [
@@ -212,11 +212,25 @@ def mine(
             len(x),
             len(y),
         )
-    opts = dict(block_size=block_size, progress=progress, nprobe=nprobe, device=device)
-    x2y = y if tgt_index is None else tgt_index
-    y2x = x if src_index is None else src_index
-    x2y = knn(x, x2y, min(k, len(y)), **opts) if need_fwd else None
-    y2x = knn(y, y2x, min(k, len(x)), **opts) if need_bwd else None
+    # Exact search both ways: one pass over X·Yᵀ (knn_both), unless a faiss GPU does it.
+    one_pass = need_fwd and need_bwd and src_index is None and tgt_index is None
+    both_device = one_pass_device(device) if one_pass else None
+    if both_device is not None:
+        x2y, y2x = knn_both(
+            x,
+            y,
+            min(k, len(y)),
+            block_size=block_size,
+            progress=progress,
+            device=both_device,
+            k_yx=min(k, len(x)),
+        )
+    else:
+        opts = dict(block_size=block_size, progress=progress, nprobe=nprobe, device=device)
+        x2y = y if tgt_index is None else tgt_index
+        y2x = x if src_index is None else src_index
+        x2y = knn(x, x2y, min(k, len(y)), **opts) if need_fwd else None
+        y2x = knn(y, y2x, min(k, len(x)), **opts) if need_bwd else None
     pairs = mine_from_neighbours(
         x2y,
         y2x,

@@ -268,7 +268,10 @@ def test_mine_accepts_a_faiss_index_as_database(random_pair):
     index_x.add(x)
     index_y.add(y)
     p = mine(x, y, src_index=index_x, tgt_index=index_y)
-    assert pairs(p) == pairs(mine(x, y))
+    q = mine(x, y)  # one-pass exact search: scores may differ from FAISS's by one ulp, so
+    # pairs whose scores are that close may swap places
+    assert set(pairs(p)) == set(pairs(q)) and len(p) == len(q)
+    np.testing.assert_allclose(p.score, q.score, atol=1e-6)
 
 
 def test_mine_errors(random_pair):
