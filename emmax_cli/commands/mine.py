@@ -10,6 +10,7 @@ from .options import (
     FINITE_FLOAT,
     MODEL_HELP,
     device_option,
+    flush_stdout,
     force_option,
     precision_option,
     progress_factory,
@@ -214,6 +215,7 @@ def command(
         filters=filters,
         **opts,
     )
+    flush_stdout()  # a full disk fails here, before the summary lines
     for side in (res.src, res.tgt):
         if side.duplicates:
             log.info("%s: %d duplicate lines unified", side.name, side.duplicates)

@@ -12,6 +12,7 @@ from .options import (
     batch_tokens_option,
     chunk_lines_option,
     device_option,
+    flush_stdout,
     force_option,
     precision_option,
     progress_factory,
@@ -84,4 +85,5 @@ def command(ctx: click.Context, inputs, fmt, header, output, quiet, **opts) -> N
         stream=stdout(),
         **opts,
     )
+    flush_stdout()  # a full disk fails here, before the summary lines
     log.info("ranked %d pairs with %s (%d ranks)", res.pairs, res.model, res.num_ranks)

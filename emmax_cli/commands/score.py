@@ -13,6 +13,7 @@ from .options import (
     batch_tokens_option,
     chunk_lines_option,
     device_option,
+    flush_stdout,
     force_option,
     precision_option,
     progress_factory,
@@ -204,4 +205,5 @@ def command(
         **opts,
     )
     drops = ", ".join(f"{r} {n}" for r, n in res.dropped.items() if n) or "none"
+    flush_stdout()  # a full disk fails here, before the summary lines
     log.info("kept %d of %d pairs; dropped: %s (model %s)", res.kept, res.pairs, drops, res.model)
