@@ -6,7 +6,8 @@ Per language xxx (FLORES-200 devtest, never trained on) and share p:
 
 * FLORES devtest is in document order (Wikinews, Wikijunior and Wikivoyage articles of a few
   consecutive sentences); it is cut into pseudo-documents of ``--doc-lines`` lines.
-* Documents are drawn at random; each sentence of a drawn document goes either to the source
+* Documents are drawn at random (``emmax_cli.calibration.comparable_rows``, the sampler of
+  ``emmax calibrate``); each sentence of a drawn document goes either to the source
   side (xxx) or, as a same-document distractor, to the English side, until the source side has
   N sentences. A share p of the source sentences keep their English translation on the English
   side (the gold pairs); the others have none.
@@ -42,35 +43,16 @@ def languages() -> list[str]:
     return sorted(p.stem for p in FLORES.glob("*.txt") if p.stem != "eng")
 
 
-def build_sample(
-    n_lines: int, n: int, p: float, doc_lines: int, seed: int
-) -> tuple[np.ndarray, np.ndarray, int]:
-    """Line numbers of the source side and of the English side; gold pairs are the source
-    lines whose number is also on the English side. Returns ``(src, eng, n_gold)``."""
-    rng = np.random.default_rng(seed)
-    docs = [np.arange(s, min(s + doc_lines, n_lines)) for s in range(0, n_lines, doc_lines)]
-    src, same_doc, used = [], [], set()
-    for d in rng.permutation(len(docs)):
-        used.add(int(d))
-        to_src = rng.random(len(docs[d])) < 0.5
-        src.extend(docs[d][to_src].tolist())
-        same_doc.extend(docs[d][~to_src].tolist())
-        if len(src) >= n:
-            break
-    src = np.array(src[:n])
-    n_gold = int(round(p * len(src)))
-    gold = rng.permutation(src)[:n_gold]
-    others = np.array([i for d in range(len(docs)) if d not in used for i in docs[d]], np.int64)
-    distract = np.concatenate([same_doc, rng.permutation(others)])
-    eng = np.concatenate([gold, distract[: max(2 * n - n_gold, 0)]]).astype(np.int64)
-    return src.astype(np.int64), rng.permutation(eng), n_gold
-
-
-def _embedded(lang: str, enc, cache: Path) -> tuple[list[str], np.ndarray]:
+def embedded(lang: str, enc, cache: Path) -> tuple[list[str], np.ndarray]:
+    """FLORES devtest lines of ``lang`` and their embeddings, cached in ``cache`` per model
+    (shared with noisy_mine.py)."""
     texts = (FLORES / f"{lang}.txt").read_text(encoding="utf-8").splitlines()
     f = cache / f"{enc.config.checksum[:12]}.{lang}.npy"
     if f.exists():
-        return texts, np.load(f)
+        emb = np.load(f)
+        if len(emb) == len(texts):
+            return texts, emb
+    print(f"embedding FLORES {lang} ({len(texts)} lines)", file=sys.stderr)
     emb = enc.encode(texts)
     cache.mkdir(parents=True, exist_ok=True)
     np.save(f, emb)
@@ -86,9 +68,10 @@ def _write_side(path: Path, rows, texts, emb, checksum: str, lang: str) -> None:
 
 def run_one(lang, p, args, enc, eng, workdir: Path, opts: dict) -> dict:
     from emmax_cli.bitext import mine_files
+    from emmax_cli.calibration import comparable_rows
 
-    texts, emb = _embedded(lang, enc, args.cache)
-    src, tgt, n_gold = build_sample(len(texts), args.n, p, args.doc_lines, args.seed)
+    texts, emb = embedded(lang, enc, args.cache)
+    src, tgt, n_gold = comparable_rows(len(texts), args.n, p, args.doc_lines, args.seed)
     sp, tp = workdir / f"{lang}.{p}.src.parquet", workdir / f"eng.{lang}.{p}.tgt.parquet"
     _write_side(sp, src, texts, emb, enc.config.checksum, lang)
     _write_side(tp, tgt, eng[0], eng[1], enc.config.checksum, "eng")
@@ -159,7 +142,7 @@ def main() -> None:
         except json.JSONDecodeError:
             opts[k] = v
     enc = Encoder.load(args.model)
-    eng = _embedded("eng", enc, args.cache)
+    eng = embedded("eng", enc, args.cache)
     rows, results = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for p in args.p:

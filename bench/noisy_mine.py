@@ -61,6 +61,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).parent))
+from bucc_flores import embedded  # noqa: E402  (one FLORES embedding cache)
 from common import SHARED, print_table  # noqa: E402
 
 FLORES = SHARED / "flores200" / "devtest"
@@ -129,21 +130,6 @@ class Sample:
 
 def flores_lines(lang: str) -> list[str]:
     return (FLORES / f"{lang}.txt").read_text(encoding="utf-8").splitlines()
-
-
-def embedded(lang: str, enc, cache: Path) -> tuple[list[str], np.ndarray]:
-    """FLORES devtest lines of ``lang`` and their embeddings (cached as in bucc_flores.py)."""
-    texts = flores_lines(lang)
-    f = cache / f"{enc.config.checksum[:12]}.{lang}.npy"
-    if f.exists():
-        emb = np.load(f)
-        if len(emb) == len(texts):
-            return texts, emb
-    print(f"embedding FLORES {lang} ({len(texts)} lines)", file=sys.stderr)
-    emb = enc.encode(texts)
-    cache.mkdir(parents=True, exist_ok=True)
-    np.save(f, emb)
-    return texts, emb
 
 
 def third_language(lang: str) -> str:

@@ -143,9 +143,8 @@ def load_side(path: str | os.PathLike, unify_dups: bool = True) -> Side:
         texts = read_lines(path)
         keep, reps = _unify(texts, unify_dups)
         dups = len(texts) - len(keep)
-        side = Side(name, [texts[i] for i in keep], keep.astype(np.int64), None, None, None, dups)
-        side.repeats = reps
-        return side
+        kept = [texts[i] for i in keep]
+        return Side(name, kept, keep.astype(np.int64), None, None, None, dups, repeats=reps)
     index = None
     if kind == "parquet":
         ids, emb, texts, meta = read_embeddings(path, with_text=True)
@@ -164,9 +163,8 @@ def load_side(path: str | os.PathLike, unify_dups: bool = True) -> Side:
     if texts is not None and unify_dups:
         keep, reps = _unify(texts, True)
         dups = len(texts) - len(keep)
-        side = Side(name, [texts[i] for i in keep], ids[keep], emb[keep], checksum, None, dups)
-        side.repeats = reps
-        return side
+        kept = [texts[i] for i in keep]
+        return Side(name, kept, ids[keep], emb[keep], checksum, None, dups, repeats=reps)
     reps = None if texts is None else _unify(texts, False)[1]
     return Side(name, texts, ids, emb, checksum, index, 0, reps)
 

@@ -134,11 +134,17 @@ def length_ratio(src_len: np.ndarray, tgt_len: np.ndarray) -> np.ndarray:
     return np.maximum(a, b) / np.minimum(a, b)
 
 
-def duplicate_mask(src: Sequence[str], tgt: Sequence[str]) -> np.ndarray:
+def duplicate_mask(
+    src: Sequence[str], tgt: Sequence[str], seen: tuple[set, set] | None = None
+) -> np.ndarray:
     """True for a pair whose normalised source or normalised target already occurred in an
-    earlier pair (pairs come best first, so the best-scored one of each group stays)."""
-    seen_s: set[str] = set()
-    seen_t: set[str] = set()
+    earlier pair (pairs come best first, so the best-scored one of each group stays).
+
+    Args:
+        seen: the normalised sources and targets of earlier kept pairs, updated in place
+            (to carry the check across chunks of one file).
+    """
+    seen_s, seen_t = seen if seen is not None else (set(), set())
     out = np.zeros(len(src), bool)
     for i, (x, y) in enumerate(zip(normalize(src), normalize(tgt), strict=True)):
         if (x and x in seen_s) or (y and y in seen_t):

@@ -23,7 +23,8 @@ import numpy as np
 
 from .dedup import dedup_embeddings, unify
 from .errors import EmmaxError, InputError
-from .knn import DEFAULT_BLOCK_SIZE, _as_2d, knn, knn_both, one_pass_device
+from .knn import DEFAULT_BLOCK_SIZE, _as_2d, knn
+from .knn_both import knn_both, one_pass_device
 from .thresholds import calibrate_threshold, threshold_counts
 
 __all__ = [

@@ -26,7 +26,7 @@ import numpy as np
 
 from .console import ProgressFactory, no_progress
 from .errors import InputError, ModelLoadError
-from .filters import REASONS, FilterConfig, apply_filters, length_ratio, normalize
+from .filters import REASONS, FilterConfig, apply_filters, duplicate_mask, length_ratio
 from .io.atomic import atomic_output, check_output
 from .knn import DEFAULT_BLOCK_SIZE, clamp_k, knn
 from .mine import neighbour_mean
@@ -131,14 +131,9 @@ class _Judge:
     def _dedup(self, src, tgt, reason) -> None:
         """``filters.duplicate_mask`` over the whole file: a kept pair whose normalised source
         or target occurred in an earlier kept pair is dropped (the first occurrence stays)."""
-        seen_s, seen_t = self.seen
-        for i in np.flatnonzero(reason < 0).tolist():
-            x, y = normalize([src[i], tgt[i]])
-            if (x and x in seen_s) or (y and y in seen_t):
-                reason[i] = SCORE_REASONS.index("duplicate")
-            else:
-                seen_s.add(x)
-                seen_t.add(y)
+        live = np.flatnonzero(reason < 0)
+        dup = duplicate_mask([src[i] for i in live], [tgt[i] for i in live], seen=self.seen)
+        reason[live[dup]] = SCORE_REASONS.index("duplicate")
 
 
 def _embed(encoder: Encoder, texts: Sequence[str], batch_tokens: int) -> np.ndarray:

@@ -14,7 +14,8 @@ import pytest
 from test_mine import MARGINS, MODES, clustered, laser_reference, pairs
 
 from emmax_cli.errors import EmmaxError, InputError
-from emmax_cli.knn import _NumpyTiles, _one_pass, _TorchTiles, knn, knn_both, one_pass_device
+from emmax_cli.knn import knn
+from emmax_cli.knn_both import _NumpyTiles, _one_pass, _TorchTiles, knn_both, one_pass_device
 from emmax_cli.mine import mine, mine_from_neighbours
 
 mine_module = sys.modules["emmax_cli.mine"]  # the package's ``mine`` is the function
