@@ -27,6 +27,7 @@ from .io.text import display_name, read_lines
 from .mine import MinedPairs, mine, threshold_counts, unify
 from .models.loading import ModelConfig, resolve
 from .pairscore import Judged, check_langs, judge_candidates
+from .shards import is_shard_dir, read_shard_dir
 
 __all__ = [
     "Side",
@@ -103,7 +104,8 @@ def load_encoder(model: Any, device: str = "auto", precision: str = "auto") -> A
 
 
 def input_kind(path: str | os.PathLike) -> str:
-    """``text``, ``parquet`` or ``index``, from the file's name and first bytes.
+    """``text``, ``parquet``, ``index`` or ``shards`` (a folder from ``embed --ray``), from
+    the file's name and first bytes.
 
     Pipes and devices (``-``, ``<(zcat x.gz)``) are text and are not opened here: reading
     their first bytes would consume them.
@@ -121,7 +123,12 @@ def input_kind(path: str | os.PathLike) -> str:
     except FileNotFoundError:
         raise InputError(f"{p}: no such file", hint="check the path") from None
     if stat.S_ISDIR(mode):
-        raise InputError(f"{p}: is a directory", hint="pass a text, Parquet or index file")
+        if is_shard_dir(p):
+            return "shards"
+        raise InputError(
+            f"{p}: is a folder without a shard manifest",
+            hint="pass a text, Parquet or index file, or a folder from `emmax embed --ray`",
+        )
     if not stat.S_ISREG(mode):
         return "text"
     with open(p, "rb") as f:
@@ -146,8 +153,9 @@ def load_side(path: str | os.PathLike, unify_dups: bool = True) -> Side:
         kept = [texts[i] for i in keep]
         return Side(name, kept, keep.astype(np.int64), None, None, None, dups, repeats=reps)
     index = None
-    if kind == "parquet":
-        ids, emb, texts, meta = read_embeddings(path, with_text=True)
+    if kind in ("parquet", "shards"):
+        read = read_embeddings if kind == "parquet" else read_shard_dir
+        ids, emb, texts, meta = read(path, with_text=True)
         checksum = meta.get("model_checksum")
     else:
         from .index import load_index
@@ -155,10 +163,13 @@ def load_side(path: str | os.PathLike, unify_dups: bool = True) -> Side:
         li = load_index(path)
         index = li.index
         checksum = li.meta.get("model", {}).get("model_checksum") or li.meta.get("model_checksum")
-        parts = [read_embeddings(s["path"], with_text=True) for s in li.meta["sources"]]
-        ids = np.concatenate([p[0] for p in parts])
-        emb = np.concatenate([p[1] for p in parts])
-        texts = None if any(p[2] is None for p in parts) else [t for p in parts for t in p[2]]
+        if li.meta.get("shard_dir"):
+            ids, emb, texts, _ = read_shard_dir(li.meta["shard_dir"], with_text=True)
+        else:
+            parts = [read_embeddings(s["path"], with_text=True) for s in li.meta["sources"]]
+            ids = np.concatenate([p[0] for p in parts])
+            emb = np.concatenate([p[1] for p in parts])
+            texts = None if any(p[2] is None for p in parts) else [t for p in parts for t in p[2]]
         unify_dups = False  # index rows must stay aligned with the embeddings
     if texts is not None and unify_dups:
         keep, reps = _unify(texts, True)
@@ -223,6 +234,9 @@ def mine_files(
     filters: Any = "auto",
     fmt: str = "tsv",
     with_dropped: bool = False,
+    ray_address: str | None = None,
+    work_dir: str | os.PathLike | None = None,
+    query_rows: int | None = None,
 ) -> MineResult:
     """Mine parallel sentences between two inputs (text, embedding Parquet, or index): the
     library function behind ``emmax mine``, with its option names.
@@ -258,6 +272,9 @@ def mine_files(
         fmt: ``tsv`` (LASER's ``score<TAB>src<TAB>tgt``), ``jsonl`` or ``parquet`` (every
             score, ids, languages, the verdict and its reason).
         with_dropped: also write the dropped candidates (jsonl/parquet), with their reason.
+        ray_address: run the k-NN searches as Ray tasks over query shards of ``query_rows``
+            rows (``mine_shards.mine_ray``; ``"local"``: a local instance), resumable through
+            ``work_dir`` (default ``mine_shards.default_work_dir(output)``). Same pairs.
 
     Returns:
         A :class:`MineResult`.
@@ -315,19 +332,37 @@ def mine_files(
         )
     kw = {} if block_size is None else {"block_size": block_size}
     with progress("mine", len(s.ids) + len(t.ids)) as adv:
-        everything = mine(
-            s.emb,
-            t.emb,
-            k=k,
-            margin=margin,
-            retrieval=retrieval,
-            threshold=None,
-            progress=adv,
-            src_index=s.index,
-            tgt_index=t.index,
-            device=device,
-            **kw,
-        )
+        if ray_address is not None:
+            from .mine_shards import DEFAULT_QUERY_ROWS, default_work_dir, mine_ray
+
+            everything = mine_ray(
+                s.emb,
+                t.emb,
+                k,
+                margin,
+                retrieval,
+                src_index=s.name if s.index is not None else None,
+                tgt_index=t.name if t.index is not None else None,
+                work_dir=work_dir or default_work_dir(output),
+                ray_address=ray_address,
+                query_rows=query_rows or DEFAULT_QUERY_ROWS,
+                progress=adv,
+                **kw,
+            )
+        else:
+            everything = mine(
+                s.emb,
+                t.emb,
+                k=k,
+                margin=margin,
+                retrieval=retrieval,
+                threshold=None,
+                progress=adv,
+                src_index=s.index,
+                tgt_index=t.index,
+                device=device,
+                **kw,
+            )
     counts = threshold_counts(everything.score)
     judged = judge_candidates(
         everything,

@@ -2,6 +2,8 @@
 
 An index ``X.faiss`` always comes with two sidecars, ``X.faiss.ids.npy`` and ``X.faiss.json``,
 all written atomically, with checksums verified at load (see :mod:`emmax_cli.index_meta`).
+Built from a shard folder (``emmax embed --ray``), an IVF index also has its inverted lists
+on disk in ``X.faiss.ivfdata`` (see :mod:`emmax_cli.index_shards`).
 
 Vectors are L2-normalised and searched by inner product (= cosine).
 """
@@ -20,15 +22,27 @@ import numpy as np
 from .device import faiss_gpu_device
 from .errors import IndexError_, InputError
 from .index_meta import (
+    DEFAULT_CHUNK_ROWS,
+    DEFAULT_NPROBE,
+    FLAT_MAX_ROWS,
     FORMAT_VERSION,
+    MAX_TRAIN_ROWS,
     REBUILD_HINT,
     check_norms,
     check_sources,
+    choose_factory,
+    ivf_nlist,
     model_key,
     model_meta,
+    new_index,
+    normalised,
+    read_faiss,
     read_ids,
     read_meta,
     sidecar_paths,
+    to_cpu,
+    to_device,
+    train_index,
     write_index_files,
 )
 from .io.atomic import check_output
@@ -39,7 +53,11 @@ log = logging.getLogger(__name__)
 Progress = Callable[[int], None]
 
 __all__ = [
+    "DEFAULT_CHUNK_ROWS",
+    "DEFAULT_NPROBE",
+    "FLAT_MAX_ROWS",
     "FORMAT_VERSION",
+    "MAX_TRAIN_ROWS",
     "LoadedIndex",
     "add_to_index",
     "build_index",
@@ -47,44 +65,6 @@ __all__ = [
     "load_index",
     "sidecar_paths",
 ]
-
-FLAT_MAX_ROWS = 100_000  # emmax policy: exact search up to here
-MAX_TRAIN_ROWS = 40_000_000  # stopes' sample_sz
-DEFAULT_NPROBE = 128  # stopes' search setting
-#: Rows read, normalised and added per step: chunk_rows * dim * 4 bytes (96 MiB at dim 384).
-DEFAULT_CHUNK_ROWS = 65_536
-
-# stopes determine_faiss_index_type: (more than this many rows, IVF lists)
-_STOPES_TIERS = (
-    (500_000_000, 262_144),
-    (100_000_000, 131_072),
-    (10_000_000, 65_536),
-    (4_000_000, 32_768),
-    (700_000, 16_384),
-    (250_000, 8_192),
-    (160_000, 4_096),
-    (80_000, 2_048),
-    (10_000, 1_024),
-)
-
-
-def _pq_m(dim: int, cap: int = 64) -> int:
-    """Largest number of PQ sub-quantizers <= cap that divides dim (faiss requires it)."""
-    return max(m for m in range(1, min(cap, dim) + 1) if dim % m == 0)
-
-
-def choose_factory(n: int, dim: int) -> str:
-    """FAISS factory string for n vectors of width dim (``--index auto``).
-
-    ``Flat`` up to 100k rows (exact, seconds to search); above, the stopes table
-    ``OPQ{m},IVF{nlist},PQ{m}``, where m = 64 or, when 64 does not divide dim, the largest
-    divisor of dim below 64.
-    """
-    if n <= FLAT_MAX_ROWS:
-        return "Flat"
-    nlist = next(lists for above, lists in _STOPES_TIERS if n > above)
-    m = _pq_m(dim)
-    return f"OPQ{m},IVF{nlist},PQ{m}"
 
 
 @dataclass
@@ -126,6 +106,13 @@ def _scan_sources(
     the first file is the reference."""
     if not sources:
         raise InputError("no embedding files given", hint="pass one or more .parquet files")
+    for s in sources:
+        if Path(s).is_dir():
+            raise InputError(
+                f"{s}: is a folder",
+                hint="a shard folder from `emmax embed --ray` is indexed on its own, as a new "
+                "index: emmax index FOLDER -o X.faiss",
+            )
     files = [open_embeddings(s) for s in sources]
     dim, ref_meta, ref = expect or (files[0].dim, files[0].meta, str(files[0].path))
     key, model = model_key(ref_meta)
@@ -144,97 +131,6 @@ def _scan_sources(
     return files
 
 
-def _new_index(factory: str, dim: int) -> Any:
-    import faiss
-
-    try:
-        return faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
-    except RuntimeError as e:
-        raise InputError(
-            f"invalid FAISS factory string {factory!r} for dimension {dim} ({_faiss_message(e)})",
-            hint="try 'auto', 'Flat' or e.g. 'IVF1024,PQ64' (PQ m must divide dim)",
-        ) from None
-
-
-def _faiss_message(e: Exception) -> str:
-    """The useful part of a faiss C++ exception, on one line."""
-    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    return msg.rsplit("Error: ", 1)[-1].strip()
-
-
-def _nlist(index: Any) -> int | None:
-    import faiss
-
-    try:
-        return int(faiss.extract_index_ivf(index).nlist)
-    except RuntimeError:
-        return None
-
-
-def _to_device(index: Any, gpu: int | None) -> Any:
-    """Clone to GPU (fp16, as stopes trains) when asked; fall back to CPU if faiss refuses."""
-    if gpu is None:
-        return index
-    import faiss
-
-    opts = faiss.GpuClonerOptions()
-    opts.useFloat16 = True
-    try:
-        return faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), gpu, index, opts)
-    except RuntimeError as e:
-        log.warning("index type not supported on GPU (%s); using the CPU", _faiss_message(e))
-        return index
-
-
-def _to_cpu(index: Any) -> Any:
-    import faiss
-
-    return faiss.index_gpu_to_cpu(index) if "Gpu" in type(index).__name__ else index
-
-
-def _normalised(emb: np.ndarray) -> np.ndarray:
-    import faiss
-
-    x = np.array(emb, dtype=np.float32, order="C", copy=True)
-    faiss.normalize_L2(x)
-    return x
-
-
-def _sample_rows(
-    files: list[EmbeddingFile], n: int, size: int, seed: int, chunk_rows: int
-) -> np.ndarray:
-    """(size, dim) float32 normalised rows drawn uniformly without replacement, streaming."""
-    rows = np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
-    out = np.empty((size, files[0].dim), np.float32)
-    start = done = 0
-    for f in files:
-        for batch in iter_embeddings(f.path, batch_rows=chunk_rows, columns=("embedding",)):
-            emb = batch["embedding"]
-            lo, hi = np.searchsorted(rows, [start, start + len(emb)])
-            out[done : done + hi - lo] = emb[rows[lo:hi] - start]
-            done += hi - lo
-            start += len(emb)
-    import faiss
-
-    faiss.normalize_L2(out)
-    return out
-
-
-def _train_rows(index: Any, n: int, train_sample: int | None) -> int:
-    """Training sample size: k-means keeps at most 256 points per centroid (faiss default
-    max_points_per_centroid) and PQ codebooks 256 x 256, so more rows only cost memory."""
-    nlist = _nlist(index) or 0
-    size = train_sample if train_sample is not None else min(MAX_TRAIN_ROWS, 256 * max(nlist, 256))
-    size = min(int(size), n)
-    if size < max(nlist, 1):
-        raise InputError(
-            f"{n} vectors are too few to train an index with {nlist} lists"
-            f" (training sample: {size})",
-            hint="use --index Flat or a smaller IVF, or a larger --train-sample",
-        )
-    return size
-
-
 def _populate(
     work: Any, files: list[EmbeddingFile], chunk_rows: int, progress: Progress | None
 ) -> np.ndarray:
@@ -242,7 +138,7 @@ def _populate(
     ids = []
     for f in files:
         for batch in iter_embeddings(f.path, batch_rows=chunk_rows):
-            work.add(_normalised(batch["embedding"]))
+            work.add(normalised(batch["embedding"]))
             ids.append(np.asarray(batch["id"], np.int64))
             if progress is not None:
                 progress(len(batch["id"]))
@@ -261,12 +157,15 @@ def build_index(
     seed: int = 0,
     progress: Progress | None = None,
     force: bool = False,
+    workers: int | None = None,
+    ray_address: str | None = None,
 ) -> dict[str, Any]:
-    """Build a FAISS inner-product index over embedding Parquet files.
+    """Build a FAISS inner-product index over embedding Parquet files, or over one shard
+    folder (:func:`emmax_cli.index_shards.build_sharded_index`).
 
     Args:
         sources: embedding Parquet files (same dim and model: checksum, else id, else
-            name from their metadata), added in this order.
+            name from their metadata), added in this order; or a single shard folder.
         out_path: index file to write (``X.faiss``; sidecars next to it).
         factory: FAISS factory string, or ``auto`` (:func:`choose_factory`).
         train_sample: rows to train on for IVF/PQ types (memory: rows * dim * 4 bytes);
@@ -278,6 +177,7 @@ def build_index(
         seed: seed of the training sample.
         progress: called with the number of rows added after each chunk.
         force: replace an existing index.
+        workers, ray_address: a shard folder's parallel adds (see ``build_sharded_index``).
 
     Returns:
         The metadata written to ``X.faiss.json``.
@@ -286,26 +186,35 @@ def build_index(
         InputError: existing output, unreadable or mismatched sources, bad factory string,
             too few rows to train.
     """
+    if len(sources) == 1 and Path(sources[0]).is_dir():
+        from .index_shards import build_sharded_index
+
+        return build_sharded_index(
+            sources[0],
+            out_path,
+            factory,
+            train_sample=train_sample,
+            chunk_rows=chunk_rows,
+            nprobe=nprobe,
+            device=device,
+            seed=seed,
+            workers=workers,
+            ray_address=ray_address,
+            progress=progress,
+            force=force,
+        )
     out = check_output(out_path, force)
     files = _scan_sources(sources)
     n, dim = sum(f.num_rows for f in files), files[0].dim
     if n == 0:
         raise InputError("no embeddings to index: all inputs are empty")
     factory = choose_factory(n, dim) if factory == "auto" else factory
-    index = _new_index(factory, dim)
-    gpu = faiss_gpu_device(device)
-    n_train = 0
-    if not index.is_trained:
-        n_train = _train_rows(index, n, train_sample)
-        log.info("training %s on %d of %d vectors", factory, n_train, n)
-        sample = _sample_rows(files, n, n_train, seed, chunk_rows)
-        work = _to_device(index, gpu)
-        work.train(sample)
-        del sample
-    else:
-        work = _to_device(index, gpu)
+    index = new_index(factory, dim)
+    work, n_train = train_index(
+        index, files, train_sample, seed, chunk_rows, faiss_gpu_device(device)
+    )
     ids = _populate(work, files, chunk_rows, progress)
-    index = _to_cpu(work)
+    index = to_cpu(work)
     meta = {
         "format_version": FORMAT_VERSION,
         "factory": factory,
@@ -315,7 +224,7 @@ def build_index(
         "ntotal": int(index.ntotal),
         "train_sample": n_train,
         "seed": seed,
-        "nprobe": nprobe if _nlist(index) else None,
+        "nprobe": nprobe if ivf_nlist(index) else None,
         "model": model_meta(files[0].meta),
         "sources": [{"path": str(f.path.resolve()), "rows": f.num_rows} for f in files],
     }
@@ -337,10 +246,16 @@ def add_to_index(
         The updated metadata.
 
     Raises:
-        IndexError_: unreadable index or sidecars. InputError: mismatched sources.
+        IndexError_: unreadable index or sidecars. InputError: mismatched sources, or an
+            index built from a shard folder.
     """
     loaded = load_index(index_path, check_source_files=False)
     meta = dict(loaded.meta)
+    if meta.get("shard_dir"):
+        raise InputError(
+            f"{loaded.path}: an index built from a shard folder cannot be extended with --add",
+            hint="rebuild it with `emmax index` over all the embeddings",
+        )
     if meta.get("metric") != "inner_product":
         raise IndexError_(
             f"{loaded.path}: index metric is {meta.get('metric')!r}, expected 'inner_product'",
@@ -353,9 +268,9 @@ def add_to_index(
     for f in files:
         if str(f.path.resolve()) in known:
             log.warning("%s is already in the index; its rows are added again", f.path)
-    work = _to_device(loaded.index, faiss_gpu_device(device))
+    work = to_device(loaded.index, faiss_gpu_device(device))
     new_ids = _populate(work, files, chunk_rows, progress)
-    index = _to_cpu(work)
+    index = to_cpu(work)
     meta["ntotal"] = int(index.ntotal)
     meta["sources"] = meta["sources"] + [
         {"path": str(f.path.resolve()), "rows": f.num_rows} for f in files
@@ -390,12 +305,7 @@ def load_index(
     if p.is_dir():
         raise InputError(f"{p}: is a folder, not an index file", hint="pass the X.faiss file")
     meta = read_meta(p)  # verifies the checksums before faiss parses anything
-    try:
-        index = faiss.read_index(str(p))
-    except (RuntimeError, MemoryError) as e:
-        raise IndexError_(
-            f"{p}: cannot read the FAISS index ({_faiss_message(e)})", hint=REBUILD_HINT
-        ) from None
+    index = read_faiss(p, meta)
     if index.ntotal != meta["ntotal"] or index.d != meta["dim"]:
         raise IndexError_(
             f"{p}: index ({index.ntotal} x {index.d}) and metadata "
@@ -407,6 +317,6 @@ def load_index(
     if check_source_files:
         check_sources(p, meta)
     probe = nprobe if nprobe is not None else meta.get("nprobe")
-    if probe and _nlist(index):
+    if probe and ivf_nlist(index):
         faiss.extract_index_ivf(index).nprobe = int(probe)
     return LoadedIndex(index=index, meta=meta, ids=ids, path=p)

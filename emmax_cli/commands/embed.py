@@ -14,6 +14,7 @@ from .options import (
     precision_option,
     progress_factory,
     quiet_option,
+    ray_option,
 )
 
 
@@ -48,10 +49,47 @@ from .options import (
 )
 @click.option("--encoding", default="utf-8", show_default=True, help="Input text encoding.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run of the same command.")
+@ray_option(
+    "Embed on a Ray cluster into the folder -o: inputs are cut into line-range shards, one "
+    "worker per GPU or per --threads CPUs; the folder gets part-NNNNN.parquet files and "
+    "manifest.json. Rerunning the same command skips finished shards."
+)
+@click.option(
+    "--shard-lines",
+    type=click.IntRange(1),
+    default=262_144,
+    show_default=True,
+    help="--ray: input lines per shard (rounded up to a multiple of --chunk-lines); a "
+    "killed worker or driver loses at most the shards in flight.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(1),
+    default=None,
+    help="--ray on a local instance: CPU workers (default: CPUs / --threads).",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    help="--ray: torch threads per CPU worker.",
+)
 @force_option
 @quiet_option
 @click.pass_context
-def command(ctx: click.Context, inputs, output, no_text, quiet, **opts) -> None:
+def command(
+    ctx: click.Context,
+    inputs,
+    output,
+    no_text,
+    quiet,
+    ray_address,
+    shard_lines,
+    workers,
+    threads,
+    **opts,
+) -> None:
     """Embed sentences (one per line; `-` for stdin; .gz read transparently) into Parquet.
 
     Every input line yields one row: `id` (0-based line number), `text`, `lang` and
@@ -63,8 +101,38 @@ def command(ctx: click.Context, inputs, output, no_text, quiet, **opts) -> None:
       emmax embed corpus.de.txt --lang de                 # -> corpus.de.parquet
       emmax embed a.txt b.txt.gz -o embeddings/           # several inputs -> a folder
       cat sentences.txt | emmax embed - -o out.parquet
+      emmax embed big.en.txt --lang en -o big.en/ --ray   # shards on a local Ray instance
     """
     from ..embed import embed_files
+
+    if ray_address is not None:
+        from ..embed_shards import embed_sharded
+
+        if output is None:
+            raise click.UsageError("--ray needs -o FOLDER (the shard folder to write)")
+        if opts.pop("resume"):
+            raise click.UsageError(
+                "--ray resumes by itself: rerun the same command without --resume"
+            )
+        embed_sharded(
+            list(inputs),
+            output,
+            with_text=not no_text,
+            shard_lines=shard_lines,
+            ray_address=ray_address,
+            workers=workers,
+            threads=threads,
+            progress=progress_factory(ctx, quiet),
+            **opts,
+        )
+        return
+    for name, value, default in (
+        ("--shard-lines", shard_lines, 262_144),
+        ("--workers", workers, None),
+        ("--threads", threads, 1),
+    ):
+        if value != default:
+            raise click.UsageError(f"{name} is for --ray")
 
     embed_files(
         list(inputs),

@@ -1,5 +1,5 @@
-"""``emmax index``: embedding Parquet files -> a FAISS index (``index.build_index``), or more
-shards into an existing one (``index.add_to_index``)."""
+"""``emmax index``: embedding Parquet files or a shard folder -> a FAISS index
+(``index.build_index``), or more files into an existing one (``index.add_to_index``)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import logging
 import click
 from click.core import ParameterSource
 
-from .options import DEVICES, force_option, progress_factory, quiet_option
+from .options import DEVICES, force_option, progress_factory, quiet_option, ray_option
 
 log = logging.getLogger("emmax_cli")
 
@@ -18,11 +18,13 @@ NEW_INDEX_ONLY = {
     "train_sample": "--train-sample",
     "nprobe": "--nprobe",
     "seed": "--seed",
+    "ray_address": "--ray",
+    "workers": "--workers",
 }
 
 
 @click.command("index")
-@click.argument("embeddings", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.argument("embeddings", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option(
     "-o",
     "--output",
@@ -65,6 +67,17 @@ NEW_INDEX_ONLY = {
     help="Train/populate on a GPU when faiss-gpu is installed; always written as a CPU index.",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the training sample.")
+@click.option(
+    "--workers",
+    type=click.IntRange(1),
+    default=None,
+    help="Shard folder, IVF types: shards added at once, each into its own index before the "
+    "on-disk merge (default: CPU count).",
+)
+@ray_option(
+    "Shard folder, IVF types: add the shards as Ray tasks (the folders must be on a file "
+    "system all nodes share)."
+)
 @force_option
 @quiet_option
 @click.pass_context
@@ -78,22 +91,35 @@ def command(
     nprobe,
     device,
     seed,
+    workers,
+    ray_address,
     force,
     quiet,
 ) -> None:
-    """Build a FAISS index (inner product on L2-normalised vectors) from embedding files.
+    """Build a FAISS index (inner product on L2-normalised vectors) from embedding files,
+    or from one shard folder written by `emmax embed --ray`.
 
     Ids and source files are kept beside the index, so `emmax mine` can take the index
     as SRC or TGT. With --add, the files are added as shards to an existing index.
+
+    A shard folder's IVF index is trained on a sample across the shards; each shard is added
+    into its own index (in parallel: --workers threads, or Ray tasks with --ray), and these
+    are merged on disk: the inverted lists go to X.faiss.ivfdata beside X.faiss and are
+    mmapped when searched, so the index may be larger than RAM (keep the two files together).
 
     \b
     Examples:
       emmax index en.parquet -o en.faiss
       emmax index part1.parquet part2.parquet -o big.faiss --type IVF4096,Flat
       emmax index part3.parquet -o big.faiss --add
+      emmax index big.en/ -o big.faiss --type OPQ64,IVF65536,PQ64 --workers 8
+      emmax index big.en/ -o big.faiss --type IVF65536,Flat --ray auto
     """
+    from pathlib import Path
+
     from ..index import add_to_index, build_index
     from ..io.parquet import open_embeddings
+    from ..shards import read_manifest
 
     if add:
         given = [n for k, n in NEW_INDEX_ONLY.items() if _given(ctx, k)]
@@ -101,7 +127,14 @@ def command(
             raise click.UsageError(
                 f"{', '.join(given)} cannot be used with --add (the existing index keeps its own)"
             )
-    total = sum(open_embeddings(p).num_rows for p in embeddings)  # for the progress bar
+    # for the progress bar; a folder: the manifest's rows (no manifest: the one-line error)
+    folder = len(embeddings) == 1 and Path(embeddings[0]).is_dir() and not add
+    if folder:
+        total = sum(s.get("rows") or 0 for s in read_manifest(embeddings[0])["shards"])
+    else:
+        total = sum(0 if Path(p).is_dir() else open_embeddings(p).num_rows for p in embeddings)
+        if workers or ray_address:
+            log.warning("--workers and --ray apply to a shard folder only; ignored")
     with progress_factory(ctx, quiet)("index", total) as adv:
         if add:
             meta = add_to_index(output, embeddings, device=device, progress=adv)
@@ -116,6 +149,8 @@ def command(
                 seed=seed,
                 progress=adv,
                 force=force,
+                workers=workers,
+                ray_address=ray_address,
             )
     log.info(
         "%s: %s index, %d vectors of dim %d", output, meta["factory"], meta["ntotal"], meta["dim"]

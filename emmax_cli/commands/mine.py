@@ -15,6 +15,7 @@ from .options import (
     precision_option,
     progress_factory,
     quiet_option,
+    ray_option,
     stdout,
 )
 
@@ -22,8 +23,8 @@ log = logging.getLogger("emmax_cli")
 
 
 @click.command("mine")
-@click.argument("src", type=click.Path(allow_dash=True, dir_okay=False))
-@click.argument("tgt", type=click.Path(allow_dash=True, dir_okay=False))
+@click.argument("src", type=click.Path(allow_dash=True))
+@click.argument("tgt", type=click.Path(allow_dash=True))
 @click.option(
     "--src",
     "src_lang",
@@ -161,6 +162,24 @@ log = logging.getLogger("emmax_cli")
     default=None,
     help="Rows per kNN block (default 16384: ~block^2*4 bytes of scores per block pair).",
 )
+@ray_option(
+    "Run the k-NN searches as Ray tasks over query shards; same pairs as without. Finished "
+    "shards are kept in --work-dir, so rerunning continues."
+)
+@click.option(
+    "--query-rows",
+    type=click.IntRange(1),
+    default=65_536,
+    show_default=True,
+    help="--ray: query rows per task.",
+)
+@click.option(
+    "--work-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="--ray: folder for per-shard k-NN results (shared storage on a multi-machine "
+    "cluster). Default: .OUTPUT.work beside -o, or .emmax-mine-work here; removed on success.",
+)
 @force_option
 @quiet_option
 @click.pass_context
@@ -180,7 +199,8 @@ def command(
     """Mine parallel sentence pairs between SRC and TGT by margin score.
 
     SRC and TGT are text files (embedded on the fly), embedding Parquet files from
-    `emmax embed`, or indexes from `emmax index`. Output: `score<TAB>src<TAB>tgt`
+    `emmax embed`, shard folders from `emmax embed --ray`, or indexes from `emmax index`.
+    Output: `score<TAB>src<TAB>tgt`
     (LASER-compatible), best first; the pair counts at common thresholds go to stderr.
 
     \b
@@ -188,6 +208,7 @@ def command(
       emmax mine --src de --tgt en de.txt en.txt > pairs.tsv
       emmax mine de.parquet en.faiss --threshold 1.06 -o pairs.tsv
       emmax mine de.txt en.txt --top 1000 --with-ids | sort -rn | head
+      emmax mine de.shards/ en.faiss -o pairs.tsv --ray        # k-NN on a Ray cluster
     """
     from ..bitext import mine_files
 
@@ -202,6 +223,10 @@ def command(
     if opts["fmt"] == "parquet" and opts["output"] in (None, "-"):
         raise click.UsageError("--format parquet needs -o PAIRS.parquet")
     filters = _filters(opts, no_filters)
+    if opts["ray_address"] is None and (
+        opts["work_dir"] is not None or opts["query_rows"] != 65_536
+    ):
+        raise click.UsageError("--work-dir and --query-rows are for --ray")
     res = mine_files(
         threshold=float("-inf") if no_threshold else threshold,
         unify_dups=not no_unify,

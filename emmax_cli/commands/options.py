@@ -53,6 +53,39 @@ def precision_option(default: str = "auto", help: str = PRECISION_HELP) -> Calla
     )
 
 
+RAY_HELP = (
+    " Bare --ray: a local Ray instance (or the cluster in RAY_ADDRESS); --ray ADDRESS: auto, "
+    "host:port or ray://host:port. Needs pip install 'emmax[ray]'."
+)
+
+
+def _ray_address(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A bare ``--ray`` takes the next word as its address: refuse one that is no address
+    (``emmax mine --ray de.txt en.txt`` would otherwise read ``de.txt`` as the cluster)."""
+    if value is None or value in ("local", "auto") or ":" in value:
+        return value
+    raise click.BadParameter(
+        f"{value!r} is not a Ray address (auto, local, host:port or ray://host:port); "
+        "put --ray after the inputs, or write --ray local",
+        ctx=ctx,
+        param=param,
+    )
+
+
+def ray_option(help: str) -> Callable:
+    """``--ray [ADDRESS]``: run on a Ray cluster (``local`` when bare)."""
+    return click.option(
+        "--ray",
+        "ray_address",
+        is_flag=False,
+        flag_value="local",
+        default=None,
+        metavar="[ADDRESS]",
+        callback=_ray_address,
+        help=help + RAY_HELP,
+    )
+
+
 def batch_tokens_option(
     help: str = "Padded tokens per encoder batch; activation memory grows linearly with it.",
 ) -> Callable:

@@ -248,12 +248,17 @@ def read_chunks(
     encoding: str = "utf-8",
     stats: ReadStats | None = None,
     start_line: int = 0,
+    *,
+    end_line: int | None = None,
+    start_byte: int | None = None,
 ) -> Iterator[tuple[np.ndarray, list[str]]]:
     """Yield ``(ids, texts)`` chunks: ``ids`` are 0-based input line numbers (int64).
 
     Every input line yields one entry (skipped lines excepted, see ``on_bad_line``). The
     trailing newline (and a ``\\r`` before it) is stripped, and a byte-order mark at the start
-    of the input; nothing else is. Lines before ``start_line`` are read and dropped.
+    of the input; nothing else is. Lines before ``start_line`` are read and dropped, unless
+    ``start_byte`` (the byte offset where line ``start_line`` starts, for encodings that split
+    on the byte ``\\n``) lets the reader seek there. Reading stops before ``end_line``.
 
     Raises:
         InputError: empty, unreadable (e.g. corrupt gzip) or undecodable input, an unknown
@@ -288,8 +293,13 @@ def read_chunks(
         try:
             if byte_path:
                 _check_not_wide(_peek(f), name, encoding)
+            if start_byte and byte_path:
+                f.seek(start_byte)
+                lineno = start_line
             lines = _byte_lines(f) if byte_path else _stream_lines(f, codec)
             for line in lines:
+                if end_line is not None and lineno >= end_line:
+                    break
                 if lineno >= start_line:
                     if not buf:
                         first = lineno
@@ -306,7 +316,7 @@ def read_chunks(
             ids, texts = decode(buf, first)
             yield np.asarray(ids, dtype=np.int64), texts
         stats.lines = lineno
-        if lineno == 0:
+        if lineno == 0 and end_line != 0:
             raise InputError(
                 f"{name}: empty input (no lines)", hint="pass a file with one sentence per line"
             )
