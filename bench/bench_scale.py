@@ -24,6 +24,7 @@ Projection: per language, with W CPU workers (1 thread each) and the stopes list
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -33,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import SHARED, machine, print_table  # noqa: E402
+from common import SHARED, print_table  # noqa: E402
 
 FLORES = SHARED / "flores200" / "devtest"
 LANGS = ("eng", "deu", "fra", "rus", "cmn", "ara", "hin", "swh")
@@ -44,6 +45,13 @@ def clustered(n: int, d: int = 384, centres: int = 2000, seed: int = 0) -> np.nd
     c = rng.standard_normal((centres, d)).astype(np.float32)
     x = c[rng.integers(0, centres, n)] + 0.6 * rng.standard_normal((n, d)).astype(np.float32)
     return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def say(unit: str, value) -> None:
+    """Print a unit as soon as it is measured (a long run that dies keeps what it had)."""
+    print(
+        f"# {unit}: {value:.4g}" if isinstance(value, float) else f"# {unit}: {value}", flush=True
+    )
 
 
 def timed(f):
@@ -90,7 +98,11 @@ def embed_units(per_lang: int) -> dict:
             enc, str(inp), {**shard, "name": "h.parquet"}, Path(d), {**opts, "dtype": "float16"}
         )
     n = len(lines)
+    say("embed sentences/s, 1 thread", n / secs)
+    import resource
+
     return {
+        "embed_worker_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "precision": enc.precision,
         "sentences": n,
         "embed_sps_1thread": n / secs,
@@ -115,27 +127,28 @@ def ray_units() -> dict:
     return {"ray_init_s": t, "ray_task_overhead_s": t_task / 200}
 
 
-def index_units(n: int, sample: int = 16_384, nlists=(128, 512)) -> dict:
+def index_units(n: int, sample: int = 8192, nlists=(64, 256)) -> dict:
     import faiss
 
     from emmax_cli.index_meta import new_index
 
     faiss.omp_set_num_threads(1)
     x = clustered(n)
-    q = clustered(2000, seed=1)
+    q = clustered(1000, seed=1)
     out, fits, t_train, t_add = {}, [], {}, {}
     for nlist in nlists:
-        idx = new_index(f"OPQ64,IVF{nlist},PQ64", x.shape[1])  # as `emmax index` builds it
+        idx = new_index(f"IVF{nlist},PQ64", x.shape[1])  # as `emmax index` builds it
         t_train[nlist], _ = timed(lambda idx=idx: idx.train(x[:sample]))
         t_add[nlist], _ = timed(lambda idx=idx: idx.add(x))
         ivf = faiss.extract_index_ivf(idx)
-        for nprobe in (8, 64):
+        for nprobe in (4, 32):
             ivf.nprobe = nprobe
             t_s, _ = timed(lambda idx=idx: idx.search(q, 4))
             fits.append((nlist, nprobe * n / nlist, t_s / len(q)))
         out[f"train_s_nlist{nlist}"] = t_train[nlist]
+        say(f"IVF{nlist},PQ64", out[f"train_s_nlist{nlist}"])
     a, b = nlists
-    # train = OPQ + PQ (fixed for a sample size; faiss caps PQ at 65536 points) + k-means
+    # train = PQ (fixed for a sample size; faiss caps it at 65536 points) + k-means
     # (x sample x lists); add per vector = encode + coarse assignment (x lists)
     out["train_per_vec_list"] = (t_train[b] - t_train[a]) / (sample * (b - a))
     out["train_pq_s"] = t_train[a] - out["train_per_vec_list"] * sample * a
@@ -146,6 +159,13 @@ def index_units(n: int, sample: int = 16_384, nlists=(128, 512)) -> dict:
     m = np.array([[r[0], r[1], 1.0] for r in fits])
     coef = np.linalg.lstsq(m, np.array([r[2] for r in fits]), rcond=None)[0]
     out["search_per_list"], out["search_per_scanned"], out["search_fixed"] = map(float, coef)
+    # the OPQ64 rotation `emmax index` puts in front: trained once, on at most 65536 points
+    opq = faiss.OPQMatrix(x.shape[1], 64)
+    opq.niter = 10
+    t_opq, _ = timed(lambda: opq.train(x[:2048]))
+    out["opq_train_s_per_point_iter"] = t_opq / 2048 / opq.niter  # emmax trains 50 iterations
+    for k in ("add_fixed", "add_per_list", "search_per_list", "search_per_scanned"):
+        say(k, out[k])
     return out
 
 
@@ -161,74 +181,87 @@ def knn_units(n: int) -> dict:
 
 
 def project(u: dict, sizes=(10**7, 10**8, 10**9), workers=(16, 64, 256)) -> list[list]:
+    """Per language side of N sentences, W workers of one thread. The parts that grow with
+    the number of IVF lists (k-means, coarse assignment, coarse search) are GEMMs at scale:
+    their flops over the measured one-thread GEMM rate of the exact search; the per-vector
+    parts (PQ encoding, scanning codes) and the PQ/OPQ training are the measured units."""
     from emmax_cli.index import choose_factory
 
+    d = 384
+    gemm = 2 * d / u["exact_pair_s"]  # flop/s of one thread (X·Yᵀ)
     rows = []
     for n, w in zip(sizes, workers, strict=True):
-        factory = choose_factory(n, 384)
+        factory = choose_factory(n, d)
         nlist = int(factory.split("IVF")[1].split(",")[0])
         train_n = min(n, 40_000_000, 256 * max(nlist, 256))
-        emb_h = n / u["embed_sps_1thread"] / w / 3600
-        pq_s = u["train_pq_s"] * min(train_n, 65_536) / u["train_sample"]
-        train_h = (pq_s + train_n * nlist * u["train_per_vec_list"]) / 3600  # 1 thread
-        add_cpu_h = n * (u["add_fixed"] + nlist * u["add_per_list"]) / 3600
-        scanned = 128 * n / nlist
-        q_s = u["search_fixed"] + nlist * u["search_per_list"] + scanned * u["search_per_scanned"]
-        mine_cpu_h = 2 * n * q_s / 3600
-        disk_gb = n * u["bytes_per_row_f16"] / 1e9
-        index_gb = n * (64 + 8) / 1e9
-        quant_mb = nlist * 384 * 4 / 1e6
-        exact_days = n * n * u["exact_pair_s"] / 86400 / w
+        per_point = u["train_pq_s"] / u["train_sample"] + 50 * u["opq_train_s_per_point_iter"]
+        kmeans_s = 25 * train_n * nlist * 2 * d / gemm  # faiss: 25 iterations
+        train_h = (per_point * 65_536 + kmeans_s) / 3600  # one thread
+        add_h = n * (u["add_fixed"] + nlist * 2 * d / gemm) / 3600 / w
+        scanned = 128 * n / nlist  # nprobe 128, the emmax default
+        q_s = u["search_fixed"] + nlist * 2 * d / gemm + scanned * u["search_per_scanned"]
+        mine_h = 2 * n * q_s / 3600 / w
         rows.append(
             [
                 f"{n:.0e}",
                 w,
+                f"{n / u['embed_sps_1thread'] / w / 3600:.1f}",
+                f"{n * u['bytes_per_row_f32'] / 1e9:.0f} / {n * u['bytes_per_row_f16'] / 1e9:.0f}",
                 factory,
-                f"{emb_h:.1f}",
-                f"{disk_gb:.0f}",
-                f"{train_h:.1f}",
-                f"{add_cpu_h / w:.1f}",
-                f"{index_gb:.0f} (RAM {quant_mb:.0f} MB)",
-                f"{mine_cpu_h / w:.1f}",
-                f"{exact_days:.0f}",
+                f"{train_h:.0f} ({train_h / 16:.1f} on 16)",
+                f"{add_h:.1f}",
+                f"{n * (64 + 8) / 1e9:.1f} + quantizer {nlist * d * 4 / 1e6:.0f} MB",
+                f"{mine_h:.1f}",
+                f"{n * d * 4 * 2 / 1e9:.0f}",
+                f"{n * n * u['exact_pair_s'] / 86400 / w:.1f}",
             ]
         )
     return rows
 
 
+COLUMNS = [
+    "sentences / language",
+    "workers",
+    "embed h",
+    "shards GB f32 / f16",
+    "index type",
+    "train h, 1 thread (16 threads)",
+    "add h",
+    "index GB on disk",
+    "mine h (IVF, nprobe 128)",
+    "mine driver GB (both sides)",
+    "exact mine days",
+]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--per-lang", type=int, default=250, help="FLORES sentences per language")
-    ap.add_argument("--index-rows", type=int, default=50_000)
+    ap.add_argument("--index-rows", type=int, default=30_000)
     ap.add_argument("--knn-rows", type=int, default=8000)
+    ap.add_argument("--units", default=None, help="write (or with --project-only, read) units")
+    ap.add_argument("--project-only", action="store_true", help="project from --units")
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    u = {**embed_units(a.per_lang), **index_units(a.index_rows), **knn_units(a.knn_rows)}
-    try:
-        u.update(ray_units())
-    except ImportError:
-        pass
-    units = [[k, f"{v:.4g}" if isinstance(v, float) else v] for k, v in u.items()]
-    print_table("Measured units (1 thread)", ["unit", "value"], units)
-    cols = [
-        "sentences/lang",
-        "CPU workers",
-        "index",
-        "embed h",
-        "shards GB (fp16)",
-        "train h (1 thread)",
-        "add h",
-        "index on disk GB",
-        "mine h (2N queries)",
-        "exact mine days",
-    ]
-    print()
+    if a.project_only:
+        u = {r[0]: r[1] for r in json.loads(Path(a.units).read_text())["rows"]}
+    else:
+        u = {**embed_units(a.per_lang), **index_units(a.index_rows), **knn_units(a.knn_rows)}
+        try:
+            u.update(ray_units())
+        except ImportError:
+            pass
+        units = [[k, round(v, 12) if isinstance(v, float) else v] for k, v in u.items()]
+        print_table("Scale units (one thread)", ["unit", "value"], units, json_path=a.units)
+        print()
     print_table(
-        "Projected wall time per language (CPU workers of 1 thread)",
-        cols,
+        "Projected cost per language, CPU workers of one thread",
+        COLUMNS,
         project(u),
-        notes=f"units: {machine()}",
+        notes="From bench/results/scale_units.json (bench/bench_scale.py). Hours are wall "
+        "time with the given workers; train is one k-means (one machine). GPU units: not "
+        "measured (no GPU in the measuring session).",
         json_path=a.json,
     )
 
