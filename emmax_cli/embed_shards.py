@@ -264,7 +264,9 @@ def _run(ray, manifest, todo, inputs, folder, opts, worker_args, progress) -> No
         def submit(a):
             i = queue.pop(0)
             s = shards[i]
-            ref = a.embed.remote(inputs[s["input"]], s, str(folder), opts)
+            # absolute paths: a worker may run in another working folder (or machine)
+            path = manifest["inputs"][s["input"]]["path"]
+            ref = a.embed.remote(path, s, str(folder.resolve()), opts)
             running[ref] = (i, a)
 
         for a in actors:

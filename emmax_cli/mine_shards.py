@@ -145,7 +145,7 @@ def mine_ray(
     x, y = check_sides(x, y)
     progress = progress or null_progress
     kx, ky = min(k, len(y)), min(k, len(x))
-    work = Path(work_dir)
+    work = Path(work_dir).resolve()  # tasks may run in another working folder
     state = {
         "src": _digest(x),
         "tgt": _digest(y),
