@@ -3,8 +3,12 @@
 
 ``auto`` picks bf16 only where the hardware computes it natively: on CUDA devices that support
 it, and on CPUs with AVX-512 BF16 or AMX. On AVX2-only CPUs bf16 is emulated and ~7x slower
-than fp32 (docs/benchmarks.md), so ``auto`` stays fp32 there. Benchmarks report the same
-features (``cpu_info()``), so every figure names the CPU it was measured on."""
+than fp32 (docs/benchmarks.md), so ``auto`` stays fp32 there. ``int8`` (dynamic int8
+quantisation of the linear layers, ``models/quant.py``) is a CPU inference precision that needs
+no AVX-512: the encoder accepts it, training never gets it. ``auto`` does not pick it
+(``AUTO_INT8``): on emmax-small it costs 0.89 / 0.79 points of Tatoeba XTREME-36
+(xx->eng / eng->xx), more than the 0.2 allowed (docs/benchmarks.md). Benchmarks report the
+same features (``cpu_info()``), so every figure names the CPU it was measured on."""
 
 from __future__ import annotations
 
@@ -16,7 +20,12 @@ from typing import Any
 
 from .errors import EmmaxError
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
+# Whether ``auto`` picks int8 for inference on CPUs without native bf16. It would only where
+# int8 keeps Tatoeba XTREME-36 within 0.2 points of fp32 in both directions for emmax-small;
+# measured (bench/results/embed_int8_quality.json: 87.89 / 87.46 against 88.78 / 88.24 at
+# fp32), it does not, so auto stays fp32 there.
+AUTO_INT8 = False
 # /proc/cpuinfo flag -> the name we report
 _FEATURES = {
     "avx2": "avx2",
@@ -98,19 +107,22 @@ def resolve_device(device: str = "auto") -> str:
     raise EmmaxError(f"unknown device {device!r}", hint="use auto, cpu, cuda or cuda:N")
 
 
-def pick_precision(precision: str, device: str) -> str:
+def pick_precision(precision: str, device: str, int8: bool = False) -> str:
     """Resolve ``--precision`` for a resolved ``device``.
 
     Args:
-        precision: auto, fp32, bf16 or fp16.
+        precision: auto, fp32, bf16, fp16 or int8.
         device: a resolved device (``cpu``, ``cuda``, ``cuda:N``).
+        int8: the caller runs inference and can run int8 (``Encoder``); training and other
+            callers leave it False and never get int8.
 
     Returns:
-        fp32, bf16 or fp16. ``auto`` is bf16 on CUDA devices that support it and on CPUs
-        with native bf16, else fp32.
+        fp32, bf16, fp16 or int8. ``auto`` is bf16 on CUDA devices that support it (else fp16)
+        and on CPUs with native bf16; elsewhere on CPU int8 if ``int8`` and ``AUTO_INT8``,
+        else fp32.
 
     Raises:
-        EmmaxError: unknown precision, or fp16 on CPU.
+        EmmaxError: unknown precision, fp16 on CPU, int8 on CUDA or where ``int8`` is False.
     """
     if precision not in PRECISIONS:
         raise EmmaxError(
@@ -122,15 +134,27 @@ def pick_precision(precision: str, device: str) -> str:
             import torch
 
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        return "bf16" if cpu_has_bf16() else "fp32"
+        if cpu_has_bf16():
+            return "bf16"
+        return "int8" if int8 and AUTO_INT8 else "fp32"
     if precision == "fp16" and not cuda:
         raise EmmaxError("fp16 needs a CUDA device", hint="use --precision bf16 or fp32 on CPU")
+    if precision == "int8" and cuda:
+        raise EmmaxError(
+            "--precision int8 runs on CPU only", hint="use --precision bf16 or fp16 on CUDA"
+        )
+    if precision == "int8" and not int8:
+        raise EmmaxError(
+            "int8 is an inference precision (embedding), not one for training",
+            hint="use fp32 or bf16",
+        )
     return precision
 
 
 def autocast(device: str, precision: str):
-    """An autocast context for ``precision`` on ``device`` (a no-op for fp32)."""
-    if precision == "fp32":
+    """An autocast context for ``precision`` on ``device`` (a no-op for fp32 and int8, whose
+    quantised layers take float32 inputs)."""
+    if precision in ("fp32", "int8"):
         return nullcontext()
     import torch
 

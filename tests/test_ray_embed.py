@@ -122,6 +122,12 @@ def test_several_inputs_number_rows_as_concatenated(ray_local, tiny_model, tmp_p
     assert texts == a.read_text().splitlines() + b.read_text().splitlines()
 
 
+def thirty_shards(inp: Path, model: Path, out: Path) -> list[str]:
+    """`embed --ray` of a 12,000-line input in 30 shards (long enough to be killed mid-run)."""
+    args = ("embed", inp, "--model", model, "-o", out, "--shard-lines", 400, "--chunk-lines", 200)
+    return [str(a) for a in args] + ["--ray"]
+
+
 def _workers() -> list[int]:
     pids = []
     for d in Path("/proc").iterdir():
@@ -156,19 +162,7 @@ def test_killed_worker_still_finishes_with_the_same_rows(ray_local, tiny_model, 
 
     t = threading.Thread(target=killer, daemon=True)
     t.start()
-    r = run(
-        "embed",
-        inp,
-        "--model",
-        tiny_model,
-        "--ray",
-        "-o",
-        out,
-        "--shard-lines",
-        400,
-        "--chunk-lines",
-        200,
-    )
+    r = run(*thirty_shards(inp, tiny_model, out))
     t.join(1)
     assert r.exit_code == 0, r.output
     assert killed and killed[0] < 30, "the worker was not killed mid-run"
@@ -179,22 +173,7 @@ def test_killed_worker_still_finishes_with_the_same_rows(ray_local, tiny_model, 
 def test_killed_driver_rerun_reuses_finished_shards(ray_local, tiny_model, tmp_path):
     inp = write_corpus(tmp_path / "in.txt", 12_000)
     out = tmp_path / "shards"
-    args = [
-        str(a)
-        for a in (
-            "embed",
-            inp,
-            "--model",
-            tiny_model,
-            "--ray",
-            "-o",
-            out,
-            "--shard-lines",
-            400,
-            "--chunk-lines",
-            200,
-        )
-    ]
+    args = thirty_shards(inp, tiny_model, out)
     env = {**os.environ, "RAY_ADDRESS": ""}  # its own local instance, killed with it
     p = subprocess.Popen(
         [sys.executable, "-m", "emmax_cli", *args],

@@ -18,10 +18,11 @@ MODEL_HELP = (
     "itself), an emmax model directory, or a transformers encoder directory."
 )
 DEVICES = click.Choice(["auto", "cpu", "cuda"] + [f"cuda:{i}" for i in range(8)])
-PRECISIONS = ["auto", "fp32", "bf16", "fp16"]
+PRECISIONS = ["auto", "fp32", "bf16", "fp16", "int8"]
 PRECISION_HELP = (
     "Compute precision. auto: bf16 on CUDA and on CPUs with native bf16 (AVX-512 BF16/AMX; "
-    "cosine >= 0.9999 to fp32), else fp32."
+    "cosine >= 0.9999 to fp32), else fp32. int8: CPU only, dynamic int8 linear layers (faster "
+    "on AVX2 CPUs, less exact: docs/benchmarks.md)."
 )
 
 

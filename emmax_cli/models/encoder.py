@@ -49,12 +49,14 @@ class Encoder:
             tokenizer: a ``tokenizers.Tokenizer`` that truncates to ``config.max_length``.
             config: the model's ``emmax.json``.
             device: a resolved device (``cpu``, ``cuda``, ``cuda:N``).
-            precision: ``auto``, ``fp32``, ``bf16`` or ``fp16`` (``device.pick_precision``).
+            precision: ``auto``, ``fp32``, ``bf16``, ``fp16`` or ``int8``
+                (``device.pick_precision``); int8 quantises ``model``'s linear layers in place
+                (``quant.quantize_int8``).
             root: the model directory.
             encoder_dir: the transformers folder (where ``model`` reloads with transformers).
 
         Raises:
-            EmmaxError: an unknown precision, or fp16 on CPU.
+            EmmaxError: an unknown precision, fp16 on CPU, or int8 on CUDA.
         """
         from .modeling import EncoderNet
 
@@ -65,7 +67,11 @@ class Encoder:
         self.device = device
         self.root = root
         self.encoder_dir = encoder_dir or (Path(root) / "encoder" if root else None)
-        self.precision = pick_precision(precision, device)
+        self.precision = pick_precision(precision, device, int8=True)
+        if self.precision == "int8":
+            from .quant import quantize_int8
+
+            quantize_int8(model)
         self.pad_id = pad_id(tokenizer)
         self.n_truncated = 0
 
@@ -83,7 +89,7 @@ class Encoder:
         Args:
             name_or_path: a built-in name, a model directory, or None for the default.
             device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
-            precision: ``auto``, ``fp32``, ``bf16`` or ``fp16``.
+            precision: ``auto``, ``fp32``, ``bf16``, ``fp16`` or ``int8`` (CPU).
             verify: check the model's checksums.
 
         Returns:
@@ -109,7 +115,7 @@ class Encoder:
         Args:
             rm: the resolved model.
             device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
-            precision: ``auto``, ``fp32``, ``bf16`` or ``fp16``.
+            precision: ``auto``, ``fp32``, ``bf16``, ``fp16`` or ``int8`` (CPU).
 
         Returns:
             The encoder.
@@ -121,6 +127,7 @@ class Encoder:
         from .modeling import load_net, load_transformers_model
 
         dev = resolve_device(device)
+        pick_precision(precision, dev, int8=True)  # an unusable precision fails before loading
         net = load_net(rm.encoder_dir)
         model = net if net is not None else load_transformers_model(rm.encoder_dir)
         model.eval().to(dev)
@@ -146,7 +153,8 @@ class Encoder:
 
         When inference runs on ``EncoderNet``, the first access loads the transformers model
         from the same files onto the encoder's device; from then on ``encode`` runs it too, so
-        changes made to it show in the embeddings.
+        changes made to it show in the embeddings. At int8 it is quantised as ``EncoderNet``
+        was (what training changes is loaded at fp32).
         """
         if self._hf is None:
             from .modeling import load_transformers_model
@@ -154,6 +162,10 @@ class Encoder:
             hf = load_transformers_model(self.encoder_dir).to(self.device)
             for p in hf.parameters():
                 p.requires_grad_(False)
+            if self.precision == "int8":
+                from .quant import quantize_int8
+
+                quantize_int8(hf)
             self._hf, self._net = hf, None
         return self._hf
 
