@@ -65,7 +65,6 @@ def embed_units(per_lang: int) -> dict:
 
     from emmax_cli.embed_shards import embed_shard
     from emmax_cli.models.encoder import Encoder
-    from emmax_cli.shards import file_digest  # noqa: F401  (hashing is part of the cost)
 
     torch.set_num_threads(1)
     lines = []

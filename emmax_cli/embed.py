@@ -187,7 +187,7 @@ def embed_files(
         InputError: bad inputs, outputs or options (one line, with a hint).
         ModelLoadError: the model cannot be loaded.
     """
-    _check_options(dtype, on_bad_line, chunk_lines, batch_tokens)
+    check_options(dtype, on_bad_line, chunk_lines, batch_tokens)
     inputs = [str(i) for i in inputs]
     jobs = plan_outputs(inputs, output)
     for inp, out in jobs:
@@ -228,7 +228,8 @@ def _scan_input(inp: str, out: Path, resume: bool, count: bool) -> FileScan | No
     return scan
 
 
-def _check_options(dtype: str, on_bad_line: str, chunk_lines: int, batch_tokens: int) -> None:
+def check_options(dtype: str, on_bad_line: str, chunk_lines: int, batch_tokens: int) -> None:
+    """The embedding options every run checks before it reads or loads anything."""
     if dtype not in ("float32", "float16"):
         raise InputError(f"unknown embedding dtype {dtype!r}", hint="use float32 or float16")
     if on_bad_line not in BAD_LINE_POLICIES:
@@ -266,7 +267,7 @@ def embed_file(
     Raises:
         InputError: bad input, output or options.
     """
-    _check_options(dtype, on_bad_line, chunk_lines, batch_tokens)
+    check_options(dtype, on_bad_line, chunk_lines, batch_tokens)
     inp, out = str(input), Path(output)
     _check_job(inp, out, [inp], force=force, resume=resume, encoding=encoding)
     scan = _scan_input(inp, out, resume, count=False)

@@ -19,16 +19,17 @@ from pathlib import Path
 from typing import Any
 
 from .console import ProgressFactory, no_progress
-from .errors import EmmaxError, InputError
+from .embed import check_options
+from .errors import InputError
+from .index_meta import file_digest
 from .io.atomic import atomic_output
 from .io.parquet import EmbeddingWriter
 from .io.text import ReadStats, check_text_input, read_chunks
 from .models.encoder import DEFAULT_BATCH_TOKENS
-from .raycluster import LOCAL, cluster_workers, init_ray
+from .raycluster import LOCAL, cluster_workers, init_ray, task_error
 from .shards import (
     DEFAULT_SHARD_LINES,
     MANIFEST,
-    file_digest,
     plan_manifest,
     read_manifest,
     shard_ok,
@@ -194,8 +195,9 @@ def embed_sharded(
     """
     if not inputs:
         raise InputError("no input files given", hint="pass text files")
-    if chunk_lines < 1 or shard_lines < 1 or threads < 1:
-        raise InputError("--chunk-lines, --shard-lines and --threads must be at least 1")
+    check_options(dtype, on_bad_line, chunk_lines, batch_tokens)
+    if shard_lines < 1 or threads < 1:
+        raise InputError("--shard-lines and --threads must be at least 1")
     inputs = [str(i) for i in inputs]
     for inp in inputs:
         if inp == "-":
@@ -226,7 +228,6 @@ def embed_sharded(
             ray,
             manifest,
             todo,
-            inputs,
             folder,
             opts,
             (model_arg, device, precision, threads),
@@ -249,7 +250,7 @@ def embed_sharded(
     return res
 
 
-def _run(ray, manifest, todo, inputs, folder, opts, worker_args, progress) -> None:
+def _run(ray, manifest, todo, folder, opts, worker_args, progress) -> None:
     """Hand the shards to the workers, one at a time each; record each one as it finishes."""
     threads = worker_args[3]
     n, res = cluster_workers(ray, threads)
@@ -280,19 +281,13 @@ def _run(ray, manifest, todo, inputs, folder, opts, worker_args, progress) -> No
             except Exception as e:  # a RayTaskError wraps the worker's exception
                 for ref in running:
                     ray.cancel(ref)
-                raise _unwrap(e, shards[i]["name"]) from None
+                raise task_error(
+                    e,
+                    f"shard {shards[i]['name']}",
+                    hint="rerun the same command: finished shards are kept",
+                ) from None
             shards[i] = entry
             write_manifest(folder, manifest)
             advance(entry["lines"])
             if queue:
                 submit(a)
-
-
-def _unwrap(e: Exception, name: str) -> EmmaxError:
-    cause = getattr(e, "cause", None)
-    if isinstance(cause, EmmaxError):
-        return cause
-    return EmmaxError(
-        f"shard {name} failed on the Ray workers ({type(cause or e).__name__}: {cause or e})",
-        hint="rerun the same command: finished shards are kept",
-    )

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from .device import faiss_gpu_device
-from .errors import EmmaxError, InputError
+from .errors import InputError
 from .index_meta import (
     DEFAULT_CHUNK_ROWS,
     DEFAULT_NPROBE,
@@ -270,7 +270,7 @@ def _run_ray(
     jobs: list[_Job], address: str, chunk_rows: int, progress: Progress | None
 ) -> list[np.ndarray]:
     """Run the shard adds as Ray tasks (one CPU each); report progress per finished shard."""
-    from .raycluster import init_ray
+    from .raycluster import init_ray, task_error
 
     ray = init_ray(address)
     task = ray.remote(num_cpus=1)(_add_shard)
@@ -284,26 +284,18 @@ def _run_ray(
             try:
                 results[i] = ray.get(done[0])
             except ray.exceptions.RayError as e:
-                raise _task_error(jobs[i][1], e) from None
+                raise task_error(
+                    e,
+                    f"{jobs[i][1]}: adding it to the index",
+                    hint="check the worker logs (ray logs); the shard folder and the output "
+                    "folder must be on a filesystem every node shares",
+                ) from None
             if progress is not None:
                 progress(len(results[i]))
     finally:
         for ref in pending:
             ray.cancel(ref)
     return results  # type: ignore[return-value]
-
-
-def _task_error(shard: str, e: Exception) -> EmmaxError:
-    """One line for a failed Ray task: its own EmmaxError, else what went wrong where."""
-    cause = getattr(e, "cause", None)
-    if isinstance(cause, EmmaxError):
-        return cause
-    what = f"{type(cause).__name__}: {cause}" if cause is not None else type(e).__name__
-    return EmmaxError(
-        f"{shard}: adding it to the index failed on a Ray worker ({what.splitlines()[0]})",
-        hint="check the worker logs (ray logs); the shard folder and the output folder must "
-        "be on a filesystem every node shares",
-    )
 
 
 @contextmanager

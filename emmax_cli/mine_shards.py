@@ -25,11 +25,11 @@ from typing import Any
 import numpy as np
 
 from .console import Progress, null_progress
-from .errors import EmmaxError, InputError
+from .errors import InputError
 from .io.atomic import atomic_output
 from .knn import DEFAULT_BLOCK_SIZE, knn
 from .mine import MinedPairs, check_sides, mine_from_neighbours
-from .raycluster import LOCAL, init_ray
+from .raycluster import LOCAL, init_ray, task_error
 
 log = logging.getLogger(__name__)
 
@@ -183,12 +183,8 @@ def mine_ray(
             except Exception as e:
                 for r in refs:
                     ray.cancel(r)
-                cause = getattr(e, "cause", None)
-                if isinstance(cause, EmmaxError):
-                    raise cause from None
-                raise EmmaxError(
-                    f"a k-NN task failed on the Ray workers ({cause or e})",
-                    hint="rerun the same command: finished query shards are kept",
+                raise task_error(
+                    e, "a k-NN task", hint="rerun the same command: finished query shards are kept"
                 ) from None
             progress(refs.pop(done[0]))
     x2y, y2x = (_gather([j[0] for j in jobs if j[0].name.startswith(d)]) for d in ("fwd", "bwd"))

@@ -72,6 +72,17 @@ def init_ray(address: str | None = LOCAL, num_cpus: int | None = None) -> Any:
     return ray
 
 
+def task_error(e: Exception, what: str, hint: str) -> EmmaxError:
+    """One line for a failed Ray task: the worker's own EmmaxError (a ``RayTaskError`` carries
+    it as ``cause``), else ``what`` failed, with the first line of the exception."""
+    cause = getattr(e, "cause", None)
+    if isinstance(cause, EmmaxError):
+        return cause
+    err = cause if cause is not None else e
+    detail = (str(err).splitlines() or [""])[0]
+    return EmmaxError(f"{what} failed on a Ray worker ({type(err).__name__}: {detail})", hint=hint)
+
+
 def cluster_workers(ray: Any, threads: int) -> tuple[int, dict[str, float]]:
     """How many workers to start, and each one's resources: one per GPU where the cluster has
     GPUs, else one per ``threads`` CPUs (at least one)."""

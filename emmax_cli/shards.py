@@ -20,7 +20,6 @@ embedded in the same length-sorted windows as a single-process run."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Iterator, Sequence
@@ -31,9 +30,10 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError
+from .index_meta import file_digest
 from .io.atomic import atomic_output
 from .io.parquet import EmbeddingFile, iter_embeddings, open_embeddings, read_embeddings
-from .io.text import is_regular_file
+from .io.text import is_regular_file, scan_file
 
 MANIFEST = "manifest.json"
 FORMAT = "emmax-shards"
@@ -53,15 +53,6 @@ def is_shard_dir(path: str | os.PathLike) -> bool:
     return p.is_dir() and (p / MANIFEST).is_file()
 
 
-def file_digest(path: str | os.PathLike, block: int = 1 << 22) -> str:
-    """BLAKE2b (20 bytes, hex) of a file's bytes."""
-    h = hashlib.blake2b(digest_size=20)
-    with open(path, "rb") as f:
-        while b := f.read(block):
-            h.update(b)
-    return h.hexdigest()
-
-
 def scan_input(path: str | os.PathLike, shard_lines: int) -> tuple[dict, list[tuple]]:
     """One read pass over a text file: its fingerprint and line count, and the line ranges
     of its shards with the byte offset where each starts.
@@ -78,39 +69,19 @@ def scan_input(path: str | os.PathLike, shard_lines: int) -> tuple[dict, list[tu
         raise InputError(
             f"{path}: not a regular file", hint="--ray reads regular files (not stdin or pipes)"
         )
-    h = hashlib.blake2b(digest_size=20)
-    st = os.stat(path)
-    starts, n, pos, last, gz = [0], 0, 0, b"\n", None
-    try:
-        with open(path, "rb") as f:
-            while block := f.read(1 << 22):
-                if gz is None:
-                    gz = block[:2] == b"\x1f\x8b" or str(path).endswith(".gz")
-                h.update(block)
-                if not gz:
-                    nl = np.flatnonzero(np.frombuffer(block, np.uint8) == 10)
-                    # line n + j + 1 starts after the j-th newline of this block
-                    first = (-(n + 1)) % shard_lines  # first j with (n + j + 1) % L == 0
-                    starts.extend((pos + nl[first::shard_lines] + 1).tolist())
-                    n += len(nl)
-                pos += len(block)
-                last = block[-1:]
-    except OSError as e:
-        raise InputError(f"{path}: cannot read ({e.strerror})") from None
-    lines = None if gz else n + (0 if last == b"\n" else 1)
+    scan = scan_file(path, mark_every=shard_lines)
     state = {
         "path": os.path.realpath(path),
-        "size": st.st_size,
-        "mtime_ns": st.st_mtime_ns,
-        "blake2b": h.hexdigest(),
-        "lines": lines,
+        "size": scan.size,
+        "mtime_ns": scan.mtime_ns,
+        "blake2b": scan.digest,
+        "lines": scan.lines,
     }
-    if gz:
+    if scan.line_starts is None:  # gzip
         return state, [(0, None, None)]
-    starts = [s for s in starts if s < pos] or [0]  # no shard starts at the very end
     ranges = []
-    for i, b in enumerate(starts):
-        end = (i + 1) * shard_lines if i + 1 < len(starts) else lines
+    for i, b in enumerate(scan.line_starts):
+        end = (i + 1) * shard_lines if i + 1 < len(scan.line_starts) else scan.lines
         ranges.append((i * shard_lines, end, b))
     return state, ranges
 

@@ -18,12 +18,12 @@ from conftest import one_line_error
 from emmax_cli.cli import cli
 from emmax_cli.errors import IndexError_, InputError
 from emmax_cli.index import add_to_index, build_index, load_index
+from emmax_cli.index_meta import file_digest
 from emmax_cli.index_shards import build_sharded_index
 from emmax_cli.io.parquet import EmbeddingWriter
 from emmax_cli.shards import (
     FORMAT,
     VERSION,
-    file_digest,
     iter_shard_rows,
     open_shard_dir,
     shard_name,

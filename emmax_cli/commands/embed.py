@@ -6,6 +6,7 @@ import click
 
 from .options import (
     batch_tokens_option,
+    changed,
     chunk_lines_option,
     compose,
     device_option,
@@ -126,13 +127,9 @@ def command(
             **opts,
         )
         return
-    for name, value, default in (
-        ("--shard-lines", shard_lines, 262_144),
-        ("--workers", workers, None),
-        ("--threads", threads, 1),
-    ):
-        if value != default:
-            raise click.UsageError(f"{name} is for --ray")
+    ray_only = changed(ctx, "shard_lines", "workers", "threads")
+    if ray_only:
+        raise click.UsageError(f"{ray_only[0]} is for --ray")
 
     embed_files(
         list(inputs),

@@ -9,6 +9,7 @@ import click
 from .options import (
     FINITE_FLOAT,
     MODEL_HELP,
+    changed,
     device_option,
     flush_stdout,
     force_option,
@@ -223,9 +224,7 @@ def command(
     if opts["fmt"] == "parquet" and opts["output"] in (None, "-"):
         raise click.UsageError("--format parquet needs -o PAIRS.parquet")
     filters = _filters(opts, no_filters)
-    if opts["ray_address"] is None and (
-        opts["work_dir"] is not None or opts["query_rows"] != 65_536
-    ):
+    if opts["ray_address"] is None and changed(ctx, "work_dir", "query_rows"):
         raise click.UsageError("--work-dir and --query-rows are for --ray")
     res = mine_files(
         threshold=float("-inf") if no_threshold else threshold,

@@ -73,6 +73,13 @@ def _ray_address(ctx: click.Context, param: click.Parameter, value: str | None) 
     )
 
 
+def changed(ctx: click.Context, *names: str) -> list[str]:
+    """The options among the parameter ``names`` whose value is not their default, as typed
+    on the command line (``--shard-lines``): for options that only apply with another."""
+    params = {p.name: p for p in ctx.command.params}
+    return [params[n].opts[0] for n in names if ctx.params.get(n) != params[n].default]
+
+
 def ray_option(help: str) -> Callable:
     """``--ray [ADDRESS]``: run on a Ray cluster (``local`` when bare)."""
     return click.option(

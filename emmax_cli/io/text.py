@@ -353,10 +353,17 @@ class FileScan:
     size: int
     mtime_ns: int
     digest: str
+    line_starts: list[int] | None = None  # byte offsets of lines 0, L, 2L, ... (``mark_every``)
 
 
-def scan_file(path: str | os.PathLike, count: bool = True) -> FileScan:
+def scan_file(
+    path: str | os.PathLike, count: bool = True, mark_every: int | None = None
+) -> FileScan:
     """Hash a regular file's bytes (BLAKE2b) and count its lines, in one streamed pass.
+
+    With ``mark_every`` L (and ``count``), also record the byte offset where each L-th line
+    starts (lines 0, L, 2L, ...; none at the very end), for readers that seek there. gzip
+    files are neither counted nor marked.
 
     Raises:
         InputError: not a regular file, or unreadable.
@@ -364,7 +371,8 @@ def scan_file(path: str | os.PathLike, count: bool = True) -> FileScan:
     if not is_regular_file(path):
         raise InputError(f"{display_name(path)}: not a regular file")
     h = hashlib.blake2b(digest_size=20)
-    n, last, gz = 0, b"\n", None
+    n, pos, last, gz = 0, 0, b"\n", None
+    starts = [0] if mark_every else None
     try:
         st = os.stat(path)
         with open(path, "rb") as f:
@@ -373,12 +381,22 @@ def scan_file(path: str | os.PathLike, count: bool = True) -> FileScan:
                     gz = block[:2] == b"\x1f\x8b" or str(path).endswith(".gz")
                 h.update(block)
                 if count and not gz:
-                    n += block.count(b"\n")
+                    if starts is not None:
+                        nl = np.flatnonzero(np.frombuffer(block, np.uint8) == 10)
+                        # line n + j + 1 starts after this block's j-th newline
+                        first = (-(n + 1)) % mark_every  # first j with (n + j + 1) % L == 0
+                        starts.extend((pos + nl[first::mark_every] + 1).tolist())
+                        n += len(nl)
+                    else:
+                        n += block.count(b"\n")
+                pos += len(block)
                 last = block[-1:]
     except OSError as e:
         raise InputError(f"{path}: cannot read ({e.strerror})") from None
     lines = None if (gz or not count) else n + (0 if last == b"\n" else 1)
-    return FileScan(lines, st.st_size, st.st_mtime_ns, h.hexdigest())
+    if starts is not None and not gz:
+        starts = [s for s in starts if s < pos] or [0]
+    return FileScan(lines, st.st_size, st.st_mtime_ns, h.hexdigest(), None if gz else starts)
 
 
 def count_lines(path: str | os.PathLike) -> int | None:
