@@ -21,12 +21,12 @@ import numpy as np
 from .console import ProgressFactory, no_progress
 from .errors import InputError
 from .io.atomic import atomic_output, check_output
+from .io.pairs import write_pairs_jsonl, write_pairs_parquet, write_pairs_tsv
 from .io.parquet import read_embeddings
-from .io.tables import write_pairs_jsonl, write_pairs_parquet, write_pairs_tsv
 from .io.text import display_name, read_lines
 from .mine import MinedPairs, mine, threshold_counts, unify
 from .models.loading import ModelConfig, resolve
-from .pairscore import Judged, check_langs, judge_candidates
+from .pairscore import Judged, check_langs, is_encoder, judge_candidates
 from .shards import is_shard_dir, read_shard_dir
 
 __all__ = [
@@ -78,16 +78,12 @@ class MineResult:
     kept: np.ndarray | None = None  # candidate rows of ``pairs``
     src_lang: str | None = None
     tgt_lang: str | None = None
+    cross: Any = None  # the rerank's ``rerank.CrossVerdict`` (``rerank=True``)
 
     @property
     def dropped(self) -> dict[str, int]:
-        """Candidates dropped per reason (threshold, rank, margin_cap, copy, ...)."""
+        """Candidates dropped per reason (threshold, rank, margin_cap, copy, ..., cross_rank)."""
         return {} if self.judged is None else self.judged.counts
-
-
-def is_encoder(model: Any) -> bool:
-    """True for a loaded Encoder (or a look-alike), False for a name, a path or None."""
-    return not isinstance(model, (str, os.PathLike)) and hasattr(model, "encode")
 
 
 def load_encoder(model: Any, device: str = "auto", precision: str = "auto") -> Any:
@@ -237,6 +233,8 @@ def mine_files(
     ray_address: str | None = None,
     work_dir: str | os.PathLike | None = None,
     query_rows: int | None = None,
+    rerank: bool = False,
+    rerank_min_prob: float = 0.5,
 ) -> MineResult:
     """Mine parallel sentences between two inputs (text, embedding Parquet, or index): the
     library function behind ``emmax mine``, with its option names.
@@ -275,6 +273,10 @@ def mine_files(
         ray_address: run the k-NN searches as Ray tasks over query shards of ``query_rows``
             rows (``mine_shards.mine_ray``; ``"local"``: a local instance), resumable through
             ``work_dir`` (default ``mine_shards.default_work_dir(output)``). Same pairs.
+        rerank, rerank_min_prob: after the filters, read each kept pair with the model's cross
+            scorer and keep it only if its probability of the top rank is at least
+            ``rerank_min_prob`` (``rerank.rerank_candidates``; before ``top``); jsonl/parquet
+            get ``cross_rank`` and ``cross_prob``, dropped pairs the reason ``cross_rank``.
 
     Returns:
         A :class:`MineResult`.
@@ -283,7 +285,7 @@ def mine_files(
         InputError: a missing, empty or undecodable input, inputs of different dimensions or
             models, a non-finite threshold, or an output that exists (without ``force``) or
             whose folder does not exist.
-        ModelLoadError: the model cannot be loaded.
+        ModelLoadError: the model cannot be loaded, or has no cross scorer (``rerank``).
     """
     _check_threshold(threshold)
     progress = progress or no_progress
@@ -303,6 +305,12 @@ def mine_files(
             hint="pass --with-ids, or embed without --no-text",
         )
     thr, thr_source, cfg = default_threshold(model)
+    if rerank:
+        from . import rerank as rr
+
+        if s.texts is None or t.texts is None:
+            raise InputError("--rerank needs the texts of both sides", hint="embed with text")
+        plugin = rr.load_plugin(model)  # before any embedding: a model without one fails first
     if threshold is not None:
         thr, thr_source = threshold, "--threshold" if threshold > -math.inf else "--no-threshold"
     enc = model if is_encoder(model) else None
@@ -376,12 +384,18 @@ def mine_files(
         src_lang,
         tgt_lang,
     )
-    kept = np.flatnonzero(judged.keep)
-    if top is not None:
+    kept, verdict = np.flatnonzero(judged.keep), None
+    if rerank:
+        scorer = rr.scorer_for(plugin, model, enc, device, precision)
+        kw = {"top": top, "batch_tokens": batch_tokens, "progress": progress}
+        kept, verdict = rr.rerank_candidates(
+            scorer, everything, s.texts, t.texts, judged, rerank_min_prob, **kw
+        )
+    elif top is not None:
         kept = kept[:top]
     pairs = MinedPairs(everything.src_idx[kept], everything.tgt_idx[kept], everything.score[kept])
     res = MineResult(pairs, s, t, thr, thr_source, counts, None, everything, judged, kept)
-    res.src_lang, res.tgt_lang = src_lang, tgt_lang
+    res.src_lang, res.tgt_lang, res.cross = src_lang, tgt_lang, verdict
     if output is not None:
         res.output = _write_pairs(res, output, with_ids, stream, fmt, with_dropped)
     return res

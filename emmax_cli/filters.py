@@ -28,7 +28,7 @@ __all__ = [
 ]
 
 # the order in which drops are attributed; `keep` is no reason
-REASONS = (
+FILTER_REASONS = (
     "threshold",
     "rank",
     "margin_cap",
@@ -39,6 +39,8 @@ REASONS = (
     "src_lang",
     "tgt_lang",
 )
+# every reason a mined pair may be dropped for: the filters', then the cross scorer's rerank
+REASONS = (*FILTER_REASONS, "cross_rank")
 MIN_PAIRS_FOR_MEDIAN = 25
 _STRIP = re.compile(r"[\W\d_]+", re.UNICODE)
 
@@ -226,7 +228,7 @@ def apply_filters(
         for name, side, lang in (("src_lang", src, cfg.src_lang), ("tgt_lang", tgt, cfg.tgt_lang)):
             if lang:
                 mark(name, on_live(lambda i, t=side, g=lang: ~lang_check(texts(t, i), g)))
-    counts = {r: int((reason == k).sum()) for k, r in enumerate(REASONS)}
+    counts = {r: int((reason == k).sum()) for k, r in enumerate(FILTER_REASONS)}
     return FilterResult(reason, counts)
 
 

@@ -6,6 +6,7 @@ filters (``filters.py``), with one reason per dropped pair.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -56,8 +57,27 @@ class Judged:
         return ["" if r < 0 else REASONS[r] for r in self.reason.tolist()]
 
 
+@dataclass
+class RankedChunk:
+    """Semantic ranks of one chunk of aligned pairs (``emmax rank``; arrays of length n)."""
+
+    ids: np.ndarray  # (n,) int64, 0-based input line numbers
+    rank: np.ndarray  # (n,) int64, argmax of probs
+    probs: np.ndarray  # (n, N) float32, rows sum to 1
+    cosine: np.ndarray  # (n,) float32
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def is_encoder(model: Any) -> bool:
+    """True for a loaded Encoder (or a look-alike), False for a name, a path or None (a
+    ``str`` has an ``encode`` method too)."""
+    return not isinstance(model, (str, os.PathLike)) and hasattr(model, "encode")
+
+
 def _model_root(model: Any) -> Path | None:
-    if hasattr(model, "encode"):  # a loaded Encoder
+    if is_encoder(model):
         return Path(model.root) if getattr(model, "root", None) else None
     from .models.loading import resolve
 

@@ -30,6 +30,7 @@ from .io.tables import RankParquetWriter, format_jsonl, format_tsv, tsv_header, 
 from .io.text import ReadStats, count_lines, display_name, read_chunks
 from .models.encoder import DEFAULT_BATCH_TOKENS, Encoder
 from .models.gmm import WEIGHTS_FILE, GMMHead, fit_gmm_interpolation
+from .pairscore import RankedChunk
 
 __all__ = [
     "RankedChunk",
@@ -54,19 +55,6 @@ __all__ = [
 DEFAULT_CHUNK_LINES = 16_384
 FORMATS = ("tsv", "jsonl", "parquet")
 NO_HEAD_HINT = "train one with `emmax train` or pass --model with a trained emmax model"
-
-
-@dataclass
-class RankedChunk:
-    """Scores of one chunk of pairs (arrays of equal length n)."""
-
-    ids: np.ndarray  # (n,) int64, 0-based input line numbers
-    rank: np.ndarray  # (n,) int64, argmax of probs
-    probs: np.ndarray  # (n, N) float32, rows sum to 1
-    cosine: np.ndarray  # (n,) float32
-
-    def __len__(self) -> int:
-        return len(self.ids)
 
 
 def load_head_for(encoder: Encoder) -> GMMHead:
@@ -308,6 +296,7 @@ def rank_files(
     force: bool = False,
     progress: ProgressFactory | None = None,
     stream: IO[str] | None = None,
+    cross: bool = False,
 ) -> RankSummary:
     """Rank the pairs of two line-aligned files, or of one ``src<TAB>tgt`` file
     (``tgt=None``), and write one row per pair in input order: the library function behind
@@ -331,6 +320,9 @@ def rank_files(
         force: replace an existing output file.
         progress: a factory ``progress(description, total)`` (see ``console.progress_bar``).
         stream: the text stream for stdout output (default: ``sys.stdout``).
+        cross: rank with the model's cross scorer, each pair read jointly
+            (``cross_rank.CrossRanker``; slower; same columns, ``batch_tokens`` then counts
+            both sides of a pair) instead of its GMM head.
 
     Returns:
         A :class:`RankSummary`.
@@ -338,7 +330,7 @@ def rank_files(
     Raises:
         InputError: bad options, a bad or mismatched input, or an output that exists
             (without ``force``) or whose folder does not exist.
-        ModelLoadError: no such model, or no usable GMM head.
+        ModelLoadError: no such model, or no usable GMM head (cross scorer with ``cross``).
     """
     if fmt not in FORMATS:
         raise InputError(f"unknown format {fmt!r}", hint=f"use {', '.join(FORMATS)}")
@@ -354,12 +346,21 @@ def rank_files(
     progress = progress or no_progress
     with _rereadable([src, tgt]) as (a, b):
         total = check_pairs(a, b, chunk_lines, encoding)
-        encoder, head = load_ranker(model, device=device, precision=precision)
+        if cross:
+            from .cross_rank import CrossRanker
+
+            head = CrossRanker.load(model, device=device, precision=precision)
+            encoder = head.encoder
+        else:
+            encoder, head = load_ranker(model, device=device, precision=precision)
         chunks = read_pair_chunks(a, b, chunk_lines=chunk_lines, encoding=encoding)
         with progress("rank", total) as adv:
-            results = rank_pairs(
-                encoder, head, chunks, batch_tokens, symmetric=symmetric, progress=adv
-            )
+            if cross:
+                results = head.rank_pairs(chunks, batch_tokens, progress=adv)
+            else:
+                results = rank_pairs(
+                    encoder, head, chunks, batch_tokens, symmetric=symmetric, progress=adv
+                )
             n = _write_ranks(
                 results, output if to_file else None, fmt, header, encoder, head, stream
             )
@@ -376,6 +377,7 @@ def _write_ranks(results, output, fmt, header, encoder, head, stream) -> int:
             "model": encoder.config.name,
             "model_checksum": encoder.config.checksum,
             "rank_names": head.rank_names,
+            "ranker": "gmm" if isinstance(head, GMMHead) else "cross",
         }
         n = 0
         with atomic_output(output) as tmp, RankParquetWriter(tmp, head.num_ranks, meta) as w:

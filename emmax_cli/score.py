@@ -26,7 +26,7 @@ import numpy as np
 
 from .console import ProgressFactory, no_progress
 from .errors import InputError, ModelLoadError
-from .filters import REASONS, FilterConfig, apply_filters, duplicate_mask, length_ratio
+from .filters import FILTER_REASONS, FilterConfig, apply_filters, duplicate_mask, length_ratio
 from .io.atomic import atomic_output, check_output
 from .knn import DEFAULT_BLOCK_SIZE, clamp_k, knn
 from .mine import neighbour_mean
@@ -39,7 +39,7 @@ __all__ = ["COLUMNS", "SCORE_REASONS", "ScoredChunk", "ScoreSummary", "score_fil
 log = logging.getLogger(__name__)
 
 #: Reasons a pair is dropped, in the order they are attributed: an empty side, then the filters.
-SCORE_REASONS = ("empty", *REASONS)
+SCORE_REASONS = ("empty", *FILTER_REASONS)
 #: Every output column, in order; those not computed are left out.
 COLUMNS = tuple("cosine margin rank p_top src_lang_ok tgt_lang_ok length_ratio keep reason".split())
 

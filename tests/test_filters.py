@@ -13,7 +13,7 @@ from conftest import one_line_error
 
 from emmax_cli.cli import cli
 from emmax_cli.filters import (
-    REASONS,
+    FILTER_REASONS,
     FilterConfig,
     apply_filters,
     copy_mask,
@@ -66,7 +66,7 @@ def test_apply_filters_first_reason_wins_and_counts_add_up():
     assert res.reason_names() == ["copy", "", "duplicate", "length", "rank"]  # rank before all
     assert sum(res.counts.values()) == 4 and res.counts["rank"] == 1
     assert res.keep.tolist() == [False, True, False, False, False]
-    assert set(res.counts) == set(REASONS)
+    assert set(res.counts) == set(FILTER_REASONS)
 
 
 def test_apply_filters_margin_cap_repeats_and_switches():

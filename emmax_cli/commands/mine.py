@@ -129,18 +129,37 @@ log = logging.getLogger("emmax_cli")
     help="Margin threshold only, as LASER: no rank filter and none of the filters above.",
 )
 @click.option(
+    "--rerank",
+    is_flag=True,
+    help="After the filters, read every kept pair jointly with the model's cross scorer "
+    "(cross-attention; needs a model trained with `emmax train --phase cross`) and keep it "
+    "only if its probability of the top rank (translation) is at least --rerank-min-prob. "
+    "Slower than mining itself on large outputs; runs before --top (scoring stops once --top "
+    "pairs passed). jsonl/parquet get cross_rank and cross_prob; the TSV is unchanged.",
+)
+@click.option(
+    "--rerank-min-prob",
+    type=click.FloatRange(0, 1),
+    default=0.5,
+    show_default=True,
+    help="--rerank: the least probability of the top rank a pair needs; 0 keeps every pair "
+    "(scores only).",
+)
+@click.option(
     "--format",
     "fmt",
     type=click.Choice(["tsv", "jsonl", "parquet"]),
     default="tsv",
     show_default=True,
     help="tsv: score<TAB>src<TAB>tgt (LASER); jsonl/parquet: score, cosine, rank, rank_prob, "
-    "probs, ids, languages, texts, keep, reason (parquet needs -o).",
+    "probs, (with --rerank) cross_rank, cross_prob, ids, languages, texts, keep, reason "
+    "(parquet needs -o).",
 )
 @click.option(
     "--with-dropped",
     is_flag=True,
-    help="jsonl/parquet: also write the dropped candidates, each with the reason.",
+    help="jsonl/parquet: also write the dropped candidates, each with the reason (threshold, "
+    "rank, margin_cap, repeated, copy, duplicate, length, src_lang, tgt_lang, cross_rank).",
 )
 @click.option("--top", type=click.IntRange(1), default=None, help="Keep only the N best pairs.")
 @click.option("--no-unify", is_flag=True, help="Do not unify exact duplicate sentences before kNN.")
@@ -204,12 +223,17 @@ def command(
     Output: `score<TAB>src<TAB>tgt`
     (LASER-compatible), best first; the pair counts at common thresholds go to stderr.
 
+    With --rerank, every pair that passed the filters is read jointly by the model's cross
+    scorer and dropped unless its probability of being a translation (the top rank) reaches
+    --rerank-min-prob; stderr counts those drops as `cross_rank`.
+
     \b
     Examples:
       emmax mine --src de --tgt en de.txt en.txt > pairs.tsv
       emmax mine de.parquet en.faiss --threshold 1.06 -o pairs.tsv
       emmax mine de.txt en.txt --top 1000 --with-ids | sort -rn | head
       emmax mine de.shards/ en.faiss -o pairs.tsv --ray        # k-NN on a Ray cluster
+      emmax mine de.txt en.txt -m MODEL_DIR --rerank --format jsonl -o pairs.jsonl
     """
     from ..bitext import mine_files
 
@@ -226,6 +250,8 @@ def command(
     filters = _filters(opts, no_filters)
     if opts["ray_address"] is None and changed(ctx, "work_dir", "query_rows"):
         raise click.UsageError("--work-dir and --query-rows are for --ray")
+    if not opts["rerank"] and changed(ctx, "rerank_min_prob"):
+        raise click.UsageError("--rerank-min-prob is for --rerank")
     res = mine_files(
         threshold=float("-inf") if no_threshold else threshold,
         unify_dups=not no_unify,

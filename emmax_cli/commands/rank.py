@@ -1,5 +1,5 @@
-"""``emmax rank``: semantic rank of sentence pairs with a GMM head, a call to
-``rank.rank_files``."""
+"""``emmax rank``: semantic rank of sentence pairs with a GMM head (or, with ``--cross``, the
+model's cross scorer), a call to ``rank.rank_files``."""
 
 from __future__ import annotations
 
@@ -26,7 +26,20 @@ log = logging.getLogger("emmax_cli")
 @click.command("rank")
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(allow_dash=True, dir_okay=False))
 @click.option(
-    "-m", "--model", default=None, help=MODEL_HELP + " It needs a GMM head (gmm_head.safetensors)."
+    "-m",
+    "--model",
+    default=None,
+    help=MODEL_HELP + " It needs a GMM head (gmm_head.safetensors), or with --cross a cross "
+    "scorer (cross_head.safetensors + cross_head.json).",
+)
+@click.option(
+    "--cross",
+    is_flag=True,
+    help="Rank with the model's cross scorer instead of the GMM head: each pair is read "
+    "jointly (cross-attention in the top layers), which is slower (roughly one more encoder "
+    "pass per pair, not batched per sentence) and needs a model trained with `emmax train "
+    "--phase cross`. Same columns and formats; the cosine is still that of the two "
+    "sentences' own embeddings, and --batch-tokens then counts both sides of a pair.",
 )
 @click.option(
     "--format",
@@ -60,11 +73,16 @@ def command(ctx: click.Context, inputs, fmt, header, output, quiet, **opts) -> N
     rank (both orders of the pair averaged) and the cosine of the two embeddings. The input
     is read and checked once before the model loads, so a bad line fails before any output.
 
+    With --cross the probabilities come from the model's cross scorer, which reads both
+    sentences of a pair together (more precise on near-misses, slower; symmetric: swapping
+    the sides gives the same numbers); the output columns stay the same.
+
     \b
     Examples:
       emmax rank A.txt B.txt                  # line i of A paired with line i of B
       emmax rank PAIRS.tsv --header           # one `src<TAB>tgt` pair per line
       emmax rank PAIRS.tsv --format parquet -o ranks.parquet
+      emmax rank A.txt B.txt --cross -m MODEL_DIR   # the cross scorer of MODEL_DIR
     """
     from ..rank import rank_files
 
@@ -86,4 +104,5 @@ def command(ctx: click.Context, inputs, fmt, header, output, quiet, **opts) -> N
         **opts,
     )
     flush_stdout()  # a full disk fails here, before the summary lines
-    log.info("ranked %d pairs with %s (%d ranks)", res.pairs, res.model, res.num_ranks)
+    how = "the cross scorer of " if opts["cross"] else ""
+    log.info("ranked %d pairs with %s%s (%d ranks)", res.pairs, how, res.model, res.num_ranks)

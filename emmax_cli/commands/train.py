@@ -22,9 +22,11 @@ log = logging.getLogger("emmax_cli")
 )
 @click.option(
     "--phase",
-    type=click.Choice(["ctl", "gmm", "em"]),
+    type=click.Choice(["ctl", "gmm", "em", "cross"]),
     default=None,
-    help="Run one phase: ctl (encoder warm-up), gmm (GMM warm-up), em. Default: all, in order.",
+    help="Run one phase: ctl (encoder warm-up), gmm (GMM warm-up), em, or cross (the VECO "
+    "cross-attention pair scorer over the frozen encoder, [cross] section). Default: all, in "
+    "order (cross only where cross.steps > 0).",
 )
 @click.option("--resume", is_flag=True, help="Continue from <out>/checkpoints/latest (exactly).")
 @click.option(
@@ -53,6 +55,7 @@ def command(ctx: click.Context, config_path, phase, resume, out, device, seed, o
     Examples:
       emmax train --config configs/emmax-small.toml
       emmax train --config configs/emmax-small.toml --phase em --resume
+      emmax train --config configs/emmax-small-cross.toml --phase cross
       torchrun --nproc_per_node 2 -m emmax_cli train --config configs/train/tiny.toml
     """
     from ..console import step_progress

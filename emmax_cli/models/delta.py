@@ -5,6 +5,7 @@ A delta directory holds:
     delta.safetensors        fp16 differences (trained - base) of every encoder tensor that
                              changed (e.g. the top layers when only those were trained)
     gmm_head.safetensors/.json  the GMM head (weights, rank means)
+    cross_head.safetensors/.json  the cross-attention pair scorer, if the model has one
     projection.safetensors   the optional linear projection (if the model has one)
     delta.json               format, base name and weight checksum, the trained model's
                              emmax.json fields, tensor list
@@ -27,6 +28,8 @@ from pathlib import Path
 from ..errors import ModelLoadError
 from ..io.atomic import atomic_dir
 from .config import CONFIG_FILE, ModelConfig, ResolvedModel, sha256_file
+from .cross import CONFIG_FILE as CROSS_CONFIG
+from .cross import WEIGHTS_FILE as CROSS_WEIGHTS
 from .modeldir import open_dir, save_model_dir
 from .tokenizer import load_tokenizer
 
@@ -36,6 +39,7 @@ DELTA_FORMAT = 1
 DELTA_FILE = "delta.safetensors"
 META_FILE = "delta.json"
 HEAD_FILES = ("gmm_head.safetensors", "gmm_head.json")
+CROSS_FILES = (CROSS_WEIGHTS, CROSS_CONFIG)  # the cross scorer, shipped as it is (small)
 PROJECTION = "projection.safetensors"
 
 
@@ -106,19 +110,19 @@ def package(
     with atomic_dir(out, replace=True) as tmp:
         meta_ = {"format": "emmax-delta", "dtype": "float16"}
         save_file(deltas, str(tmp / DELTA_FILE), metadata=meta_)
-        for f in (*HEAD_FILES, PROJECTION):
+        for f in (*HEAD_FILES, *CROSS_FILES, PROJECTION):
             if (trained_rm.root / f).exists():
                 shutil.copy2(trained_rm.root / f, tmp / f)
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         if out.is_dir():  # keep what else lives there (model card, evaluation files)
             for f in out.iterdir():
-                if (tmp / f.name).exists() or f.name in (*HEAD_FILES, PROJECTION):
+                if (tmp / f.name).exists() or f.name in (*HEAD_FILES, *CROSS_FILES, PROJECTION):
                     continue
                 if f.is_dir():
                     shutil.copytree(f, tmp / f.name)
                 else:
                     shutil.copy2(f, tmp / f.name)
-        for f in (DELTA_FILE, META_FILE, *HEAD_FILES, PROJECTION):
+        for f in (DELTA_FILE, META_FILE, *HEAD_FILES, *CROSS_FILES, PROJECTION):
             if (tmp / f).exists():
                 (tmp / f).chmod(
                     0o644
@@ -214,7 +218,7 @@ def materialize(
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_dir(out, replace=True) as tmp:
         files = {}
-        for f in (*HEAD_FILES, PROJECTION):
+        for f in (*HEAD_FILES, *CROSS_FILES, PROJECTION):
             if (d / f).exists():
                 shutil.copy2(d / f, tmp / f)
                 files[f] = sha256_file(tmp / f)
@@ -247,7 +251,7 @@ def delta_stamp(delta_dir: str | os.PathLike) -> str:
     """
     d = Path(delta_dir)
     h = hashlib.sha256()
-    for f in (DELTA_FILE, META_FILE, *HEAD_FILES, PROJECTION):
+    for f in (DELTA_FILE, META_FILE, *HEAD_FILES, *CROSS_FILES, PROJECTION):
         if (d / f).exists():
             h.update(f"{f}:{sha256_file(d / f)}\n".encode())
     return h.hexdigest()

@@ -169,6 +169,24 @@ class Encoder:
             self._hf, self._net = hf, None
         return self._hf
 
+    @property
+    def net(self):
+        """The plain-torch ``EncoderNet`` the encoder runs (what a cross scorer plugs into).
+
+        Raises:
+            ModelLoadError: the encoder runs on transformers (another architecture, or changed
+                by training) or is quantised.
+        """
+        from ..errors import ModelLoadError
+
+        if self._net is None or self.precision == "int8":
+            raise ModelLoadError(
+                f"model {self.config.name}: the cross scorer needs a BERT/XLM-R encoder in "
+                "model.safetensors at fp32/bf16",
+                hint="use an emmax model directory and --precision fp32",
+            )
+        return self._net
+
     @model.setter
     def model(self, model) -> None:
         """Run ``model`` (a transformers model) from now on.

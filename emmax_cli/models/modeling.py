@@ -130,12 +130,19 @@ class _Layer(nn.Module):
         self.act = ACTIVATIONS[c.get("hidden_act", "gelu")]
 
     def forward(self, h: Tensor, mask: Tensor | None) -> Tensor:
+        return self.feed(self.attend(h, mask))
+
+    def attend(self, h: Tensor, mask: Tensor | None) -> Tensor:
+        """Self-attention with add & norm (where VECO's cross-attention plugs in after)."""
         a = self.attention.self
         B, L, _ = h.shape  # (B, L, H) -> heads (B, n, L, H/n)
         q, k, v = (f(h).view(B, L, a.heads, -1).transpose(1, 2) for f in (a.query, a.key, a.value))
         ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=q.shape[-1] ** -0.5)
         ctx = ctx.transpose(1, 2).contiguous().reshape(B, L, -1).contiguous()
-        h = self.attention.output(ctx, h)
+        return self.attention.output(ctx, h)
+
+    def feed(self, h: Tensor) -> Tensor:
+        """The feed-forward block with add & norm."""
         return self.output(self.act(self.intermediate.dense(h)), h)
 
 
@@ -173,14 +180,35 @@ class EncoderNet(nn.Module):
         Returns:
             (B, L, H) last hidden states.
         """
-        h = self.embeddings(input_ids)
-        mask = None  # no padding: no mask, as transformers (SDPA may then pick a faster kernel)
-        if not bool(attention_mask.all()):
-            B, L = attention_mask.shape
-            mask = attention_mask.bool()[:, None, None, :].expand(B, 1, L, L)
-        for layer in self.encoder.layer:
+        return self.run_layers(self.embeddings(input_ids), attention_mask)
+
+    def run_layers(
+        self, h: Tensor, attention_mask: Tensor, start: int = 0, stop: int | None = None
+    ) -> Tensor:
+        """Run layers ``start:stop`` on hidden states ``h`` (the lower layers of a pair scorer).
+
+        Args:
+            h: (B, L, H) hidden states entering layer ``start``.
+            attention_mask: (B, L) 1 for tokens, 0 for padding.
+            start: the first layer.
+            stop: one past the last layer (default: all).
+
+        Returns:
+            (B, L, H) hidden states after layer ``stop - 1``.
+        """
+        mask = self_mask(attention_mask)
+        for layer in self.encoder.layer[start:stop]:
             h = layer(h, mask)
         return h
+
+
+def self_mask(attention_mask: Tensor) -> Tensor | None:
+    """The SDPA mask of self-attention over a padded batch; None without padding (as
+    transformers, so that SDPA may pick a faster kernel)."""
+    if bool(attention_mask.all()):
+        return None
+    B, L = attention_mask.shape
+    return attention_mask.bool()[:, None, None, :].expand(B, 1, L, L)
 
 
 def read_config(encoder_dir: Path) -> dict:

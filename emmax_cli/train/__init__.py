@@ -51,4 +51,14 @@ def train(
     from .loop import Trainer
 
     cfg = config if isinstance(config, TrainConfig) else load_config(config, overrides)
-    return Trainer(cfg, on_step=on_step).run(phases, resume=resume)
+    cross = phases == ["cross"] or (phases is None and cfg.cross.steps > 0)
+    rest = [p for p in phases or [] if p != "cross"] or None
+    out: dict[str, dict] = {}
+    if phases != ["cross"]:
+        out = Trainer(cfg, on_step=on_step).run(rest, resume=resume)
+        resume = False
+    if cross:
+        from .cross import train_cross
+
+        out["cross"] = train_cross(cfg, resume=resume, on_step=on_step)
+    return out

@@ -18,6 +18,7 @@ import tomllib
 from ..errors import ConfigError
 from .sections import (  # noqa: F401  (re-exported: callers import the sections from here)
     EVAL_DIRS,
+    CrossSection,
     DataSection,
     LossSection,
     ModelSection,
@@ -44,6 +45,7 @@ class TrainConfig:
     loss: LossSection = field(default_factory=LossSection)
     optim: OptimSection = field(default_factory=OptimSection)
     run: RunSection = field(default_factory=RunSection)
+    cross: CrossSection = field(default_factory=CrossSection)
 
     def to_dict(self) -> dict[str, Any]:
         """The config as nested dicts (what checkpoints store).
@@ -88,6 +90,11 @@ class TrainConfig:
         r, lo = self.run, self.loss
         checks = [
             (lo.num_ranks >= 2, "loss.num_ranks must be >= 2"),
+            (self.cross.steps >= 0, "cross.steps must be >= 0"),
+            (self.cross.layers >= 1, "cross.layers must be >= 1"),
+            (self.cross.batch_pairs >= 4, "cross.batch_pairs must be >= 4"),
+            (self.cross.max_length >= 8, "cross.max_length must be >= 8"),
+            (self.cross.lr > 0, "cross.lr must be > 0"),
             (0 < lo.tau_min <= lo.tau_max, "need 0 < loss.tau_min <= loss.tau_max"),
             (0 <= lo.label_smoothing < 1, "loss.label_smoothing must be in [0, 1)"),
             (0 < lo.mlm_prob < 1, "loss.mlm_prob must be in (0, 1)"),
@@ -175,6 +182,7 @@ _SECTIONS = {
     "loss": LossSection,
     "optim": OptimSection,
     "run": RunSection,
+    "cross": CrossSection,
 }
 
 

@@ -133,3 +133,19 @@ class RunSection:
     trunk_precision: str = "fp32"  # frozen lower layers' forward: same | auto | fp32 | bf16
     level_grad_every: int = 0  # em: per-level gradient norms every n steps (0 = never)
     level_grad_warn_every: int = 100  # at most one "lower levels outweigh" warning per n steps
+
+
+@dataclass
+class CrossSection:
+    """``[cross]``: plug-in cross-attention fine-tuning (VECO), the encoder frozen
+    (``emmax train --phase cross``; docs/cross.md)."""
+
+    model: str = ""  # the model to plug into ("" = the run's em, else gmm, else model.base)
+    steps: int = 0  # optimiser steps; 0 = not run unless --phase cross
+    layers: int = 4  # top transformer layers that get a cross-attention block
+    batch_pairs: int = 24  # parallel pairs per step (each gives ~4 training pairs)
+    lr: float = 3e-4  # AdamW peak lr (linear warm-up, cosine to 0)
+    warmup_steps: int = 30
+    max_length: int = 96  # pairs with a longer side are skipped (never cut: a cut is a near-miss)
+    max_pairs_per_file: int = 20000  # pairs read from each parallel file
+    dev_pairs: int = 240  # held-out pairs (from data.dev) for the accuracy log
