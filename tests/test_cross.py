@@ -197,6 +197,10 @@ def test_tiny_cross_training_runs_exports_and_resumes_exactly(vocab_model, tmp_p
         for x in (tmp_path / "part" / "cross-train" / "train_log.jsonl").read_text().splitlines()
     ]
     assert [r["step"] for r in log] == [1, 2, 3, 4]
+    # the prior shift: 0.99 of the held-out translations get the top rank
+    c = json.loads((model / "cross_head.json").read_text())
+    assert c["top_bias"] == full["top_bias"] != 0
+    assert full["calibrated_acc_translation"] >= 0.99
 
 
 def test_cross_phase_config_errors(vocab_model, tmp_path):

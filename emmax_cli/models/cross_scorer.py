@@ -14,19 +14,9 @@ from ..console import Progress, null_progress
 from ..errors import InputError
 from .cross import CrossPlugin
 from .encoder import Encoder
+from .tokenizer import pad_batch
 
 DEFAULT_PAIR_TOKENS = 4096  # padded tokens of both sides per batch
-
-
-def pad_ids(ids: Sequence[Sequence[int]], pad: int, device: str = "cpu"):
-    """(B, L) int64 ids padded with ``pad`` and their (B, L) attention mask."""
-    L = max(1, max(len(x) for x in ids))
-    arr = np.full((len(ids), L), pad, dtype=np.int64)
-    mask = np.zeros((len(ids), L), dtype=np.int64)
-    for i, x in enumerate(ids):
-        arr[i, : len(x)] = x
-        mask[i, : len(x)] = 1
-    return torch.from_numpy(arr).to(device), torch.from_numpy(mask).to(device)
 
 
 class CrossScorer:
@@ -73,8 +63,8 @@ class CrossScorer:
     def logits_ids(self, ids_a: Sequence[Sequence[int]], ids_b: Sequence[Sequence[int]]):
         """(B, N) rank logits of token-id pairs (one batch)."""
         enc, net = self.encoder, self.encoder.net
-        a, ma = pad_ids(ids_a, enc.pad_id, enc.device)
-        b, mb = pad_ids(ids_b, enc.pad_id, enc.device)
+        a, ma = pad_batch(ids_a, enc.pad_id, enc.device)
+        b, mb = pad_batch(ids_b, enc.pad_id, enc.device)
         with enc._autocast():
             ha, hb = self.plugin.lower(net, a, ma), self.plugin.lower(net, b, mb)
             return self.plugin.pair_logits(net, ha, ma, hb, mb).float()
@@ -134,8 +124,8 @@ class CrossScorer:
             while start < n:
                 size = max(1, batch_tokens // (2 * max(1, int(lengths[order[start]]))))
                 b = order[start : start + size]
-                a, ma = pad_ids([ia[i] for i in b], enc.pad_id, enc.device)
-                c, mc = pad_ids([ib[i] for i in b], enc.pad_id, enc.device)
+                a, ma = pad_batch([ia[i] for i in b], enc.pad_id, enc.device)
+                c, mc = pad_batch([ib[i] for i in b], enc.pad_id, enc.device)
                 with enc._autocast():
                     ha, hc = plugin.lower(net, a, ma), plugin.lower(net, c, mc)
                     logits = plugin.pair_logits(net, ha, ma, hc, mc).float()

@@ -16,7 +16,7 @@ from ..device import autocast, pick_precision, resolve_device
 from .config import ModelConfig, ResolvedModel
 from .loading import DEFAULT_MODEL, resolve
 from .pooling import pool
-from .tokenizer import load_tokenizer, pad_id
+from .tokenizer import load_tokenizer, pad_batch, pad_id
 
 log = logging.getLogger(__name__)
 
@@ -259,16 +259,8 @@ class Encoder:
         Returns:
             (B, d) float32 tensor of pooled (and normalised, if the model normalises) vectors.
         """
-        import torch
 
-        L = max(len(x) for x in ids)
-        arr = np.full((len(ids), L), self.pad_id, dtype=np.int64)
-        mask = np.zeros((len(ids), L), dtype=np.int64)
-        for i, x in enumerate(ids):
-            arr[i, : len(x)] = x
-            mask[i, : len(x)] = 1
-        input_ids = torch.from_numpy(arr).to(self.device)
-        attn = torch.from_numpy(mask).to(self.device)
+        input_ids, attn = pad_batch(ids, self.pad_id, self.device)
         with self._autocast():
             if self._net is not None:
                 out = self._net(input_ids, attn)

@@ -135,3 +135,18 @@ def save_tokenizer(tokenizer, encoder_dir: str | os.PathLike, max_length: int) -
     tokenizer.save(str(Path(encoder_dir) / TOKENIZER_FILE))
     write_hf_tokenizer_files(encoder_dir, tokenizer, max_length)
     return [TOKENIZER_FILE, TOKENIZER_CONFIG, SPECIAL_TOKENS_MAP]
+
+
+def pad_batch(ids, pad_id: int, device="cpu"):
+    """Pad token-id lists into a batch: (B, L) int64 ids and (B, L) int64 attention mask
+    (1 for tokens), L the longest list, as torch tensors on ``device``."""
+    import numpy as np
+    import torch
+
+    L = max(1, max((len(x) for x in ids), default=1))
+    arr = np.full((len(ids), L), pad_id, dtype=np.int64)
+    mask = np.zeros((len(ids), L), dtype=np.int64)
+    for i, x in enumerate(ids):
+        arr[i, : len(x)] = x
+        mask[i, : len(x)] = 1
+    return torch.from_numpy(arr).to(device), torch.from_numpy(mask).to(device)

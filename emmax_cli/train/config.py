@@ -95,6 +95,7 @@ class TrainConfig:
             (self.cross.batch_pairs >= 4, "cross.batch_pairs must be >= 4"),
             (self.cross.max_length >= 8, "cross.max_length must be >= 8"),
             (self.cross.lr > 0, "cross.lr must be > 0"),
+            (0 <= self.cross.calibrate_true < 1, "cross.calibrate_true must be in [0, 1)"),
             (0 < lo.tau_min <= lo.tau_max, "need 0 < loss.tau_min <= loss.tau_max"),
             (0 <= lo.label_smoothing < 1, "loss.label_smoothing must be in [0, 1)"),
             (0 < lo.mlm_prob < 1, "loss.mlm_prob must be in (0, 1)"),

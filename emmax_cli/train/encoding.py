@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from ..device import autocast, cpu_has_bf16
-from .queue import pad_batch
+from ..models.tokenizer import pad_batch
 
 if TYPE_CHECKING:
     from .step import StepHost

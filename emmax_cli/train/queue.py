@@ -17,12 +17,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 from ..device import autocast
 from ..models.pooling import pool
+from ..models.tokenizer import pad_batch
 
 
 def extended_mask(model: nn.Module, mask: Tensor, hidden: Tensor) -> Any:
@@ -187,26 +187,6 @@ def lang_ids(langs: list[str], device: Any = "cpu") -> Tensor:
     return torch.tensor(
         [zlib.crc32(g.encode()) if g else -1 for g in langs], dtype=torch.long, device=device
     )
-
-
-def pad_batch(ids: list[list[int]], pad_id: int, device: Any) -> tuple[Tensor, Tensor]:
-    """Pad token id lists into a batch.
-
-    Args:
-        ids: B lists of token ids.
-        pad_id: the padding token id.
-        device: where the tensors go.
-
-    Returns:
-        (B, L) int64 ids and (B, L) int64 attention mask, L the longest list.
-    """
-    L = max(len(x) for x in ids)
-    arr = np.full((len(ids), L), pad_id, dtype=np.int64)
-    mask = np.zeros((len(ids), L), dtype=np.int64)
-    for i, x in enumerate(ids):
-        arr[i, : len(x)] = x
-        mask[i, : len(x)] = 1
-    return torch.from_numpy(arr).to(device), torch.from_numpy(mask).to(device)
 
 
 def token_ids(

@@ -149,3 +149,6 @@ class CrossSection:
     max_length: int = 96  # pairs with a longer side are skipped (never cut: a cut is a near-miss)
     max_pairs_per_file: int = 20000  # pairs read from each parallel file
     dev_pairs: int = 240  # held-out pairs (from data.dev) for the accuracy log
+    # after training, shift the top rank's logit so that this share of the held-out
+    # translations get the top rank (0 = no shift)
+    calibrate_true: float = 0.99
