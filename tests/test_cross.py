@@ -212,3 +212,41 @@ def test_cross_phase_config_errors(vocab_model, tmp_path):
         _run(_cfg(vocab_model, tmp_path / "b", "cross.layers=9"))
     with pytest.raises(ConfigError, match="no cross checkpoint"):
         _run(_cfg(vocab_model, tmp_path / "c"), resume=True)
+
+
+# ---- the shipped cross scorer of the default model ----------------------------------------
+FLORES = SHARED / "flores200" / "devtest"
+
+
+@pytest.fixture(scope="module")
+def default_scorer():
+    from emmax_cli.models.cross import has_cross
+    from emmax_cli.models.cross_scorer import CrossScorer
+    from emmax_cli.models.loading import resolve
+
+    if not FLORES.exists():
+        pytest.skip("../shared/data is not available")
+    if not has_cross(resolve(None).root):
+        pytest.skip("the default model has no cross scorer")
+    return CrossScorer.load(None, device="cpu", precision="fp32")
+
+
+def test_default_cross_scorer_accepts_translations_and_rejects_near_misses(default_scorer):
+    """On FLORES-200 devtest (never trained on): deu-eng translations get the top rank, the
+    same translations with one number changed or a negation flipped mostly do not."""
+    from emmax_cli import perturb
+
+    de = (FLORES / "deu.txt").read_text(encoding="utf-8").splitlines()
+    en = (FLORES / "eng.txt").read_text(encoding="utf-8").splitlines()
+    rng = np.random.default_rng(0)
+    rows = [
+        i for i in range(len(en)) if perturb.negate(en[i]) and perturb.change_number(en[i], rng)
+    ]
+    rows = rows[:40]
+    top = default_scorer.num_ranks - 1
+    true = default_scorer.rank_probs([de[i] for i in rows], [en[i] for i in rows]).argmax(1)
+    assert (true == top).mean() >= 0.9
+    for kind in ("number", "negation"):
+        bad = [perturb.perturb(kind, en[i], rng) for i in rows]
+        r = default_scorer.rank_probs([de[i] for i in rows], bad).argmax(1)
+        assert (r != top).mean() >= 0.5, kind
