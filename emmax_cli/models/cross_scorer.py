@@ -60,15 +60,6 @@ class CrossScorer:
     def num_ranks(self) -> int:
         return self.plugin.num_ranks
 
-    def logits_ids(self, ids_a: Sequence[Sequence[int]], ids_b: Sequence[Sequence[int]]):
-        """(B, N) rank logits of token-id pairs (one batch)."""
-        enc, net = self.encoder, self.encoder.net
-        a, ma = pad_batch(ids_a, enc.pad_id, enc.device)
-        b, mb = pad_batch(ids_b, enc.pad_id, enc.device)
-        with enc._autocast():
-            ha, hb = self.plugin.lower(net, a, ma), self.plugin.lower(net, b, mb)
-            return self.plugin.pair_logits(net, ha, ma, hb, mb).float()
-
     def rank_probs(
         self,
         src: Sequence[str],
